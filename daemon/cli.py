@@ -1,0 +1,61 @@
+"""The ``edgescribe`` command: one entry point, one module per subcommand.
+
+Each subcommand lives in the module that owns its job and exposes
+``add_arguments(parser)`` and ``run(args) -> int``. Those modules import heavy
+dependencies (onnxruntime, alsaaudio, paho) inside ``run`` only, so building the
+parser stays cheap and ``edgescribe check-config`` never loads onnxruntime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from engines.errors import EdgescribeError
+
+log = logging.getLogger(__name__)
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "export": ("engines.export_command", "convert Whisper weights into a model package (ONNX graphs)"),
+    "transcribe": ("engines.transcribe_command", "transcribe audio files with a model package"),
+    "build-engines": ("engines.tensorrt.build_command", "build TensorRT engines for this device"),
+    "devices": ("daemon.devices_command", "list ALSA capture devices"),
+    "check-config": ("daemon.config.check_command", "validate a configuration file"),
+    "run": ("daemon.run_command", "run the daemon"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(prog="edgescribe", description="On-device speech to text for factory floors.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    modules = {}
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+        modules[name] = module
+    return parser, modules
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, modules = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return modules[args.command].run(args)
+    except EdgescribeError as error:
+        print(f"edgescribe {args.command}: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

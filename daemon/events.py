@@ -1,0 +1,87 @@
+"""Typed messages that flow one way: capture -> segmenter -> transcriber -> publisher.
+
+Every outbound message is one of these dataclasses; the publisher serialises them
+(``dataclasses.asdict``) and owns topic naming, sequence numbers and timestamps of
+publication. Audio times are seconds since the stream opened; wall-clock times are
+UTC POSIX seconds (the publisher renders them as ISO 8601).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+
+@dataclass(frozen=True)
+class Confidence:
+    avg_logprob: float
+    no_speech_prob: float
+    compression_ratio: float
+    temperature: float
+
+
+@dataclass(frozen=True)
+class TranscriptEvent:
+    stream: str
+    utterance_id: str  # unique per device: "<stream>-<start wall ms>-<counter>"
+    sequence: int  # per utterance: 0, 1, 2 ... partials then exactly one final
+    kind: Literal["partial", "final"]
+    stable_text: str  # never changes in later partials of the same utterance
+    unstable_text: str  # empty on a final
+    audio_start: float
+    audio_end: float
+    wall_start: float
+    wall_end: float
+    language: str
+    confidence: Confidence
+    model: str
+    backend: str
+    latency_s: float  # end of the audio this result covers -> result ready
+
+    @property
+    def text(self) -> str:
+        return (self.stable_text + self.unstable_text).strip()
+
+
+@dataclass(frozen=True)
+class GapEvent:
+    """Audio was lost between capture and inference (ring buffer overflow, xrun)."""
+
+    stream: str
+    reason: Literal["overflow", "xrun"]
+    audio_start: float
+    duration_s: float
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class StreamStateEvent:
+    """A capture stream went down (device missing/unplugged) or came back up."""
+
+    stream: str
+    state: Literal["up", "down"]
+    detail: str
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class ModelEvent:
+    """The serving model changed, or engines were (re)built."""
+
+    action: Literal["loaded", "switched", "engine_rebuilt"]
+    model: str
+    backend: str
+    detail: str
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class OutboxDropEvent:
+    """The durable outbox hit its bound and dropped its oldest entries."""
+
+    dropped: int
+    reason: Literal["size", "age"]
+    wall_time: float
+
+
+Event = Union[TranscriptEvent, GapEvent, StreamStateEvent, ModelEvent, OutboxDropEvent]

@@ -1,0 +1,43 @@
+"""The seam between the decoding loop and whatever executes the ONNX graphs.
+
+``decoding.py`` only ever talks to a :class:`Runner`. ONNX Runtime (CPU, tested in CI)
+and TensorRT (Jetson) implement it, so the decoding logic that ships is the one CI runs.
+
+Graph contract (see docs/architecture.md for the full table):
+
+* encoder: ``mel`` f32 [batch, n_mels, 3000] -> ``cross_k``, ``cross_v``
+  f32 [n_text_layer, batch, n_audio_ctx, n_text_state]
+* decoder: ``tokens`` i64 [batch, n_tokens], ``offset`` i64 [batch],
+  ``self_k``, ``self_v`` f32 [n_text_layer, batch, n_text_ctx, n_text_state],
+  ``cross_k``, ``cross_v`` -> ``logits`` f32 [batch, n_vocab] (last position only),
+  ``new_k``, ``new_v`` f32 [n_text_layer, batch, n_tokens, n_text_state]
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+
+class Runner(Protocol):
+    """Runs one model package's encoder and decoder graphs.
+
+    ``CrossKV`` and ``Cache`` are opaque to the caller: numpy arrays for ONNX Runtime,
+    device buffers for TensorRT. They never need to come back to the host.
+    """
+
+    name: str  # "onnxruntime" or "tensorrt", reported in health and logs
+
+    def encode(self, mel: np.ndarray) -> Any:
+        """Cross-attention K/V for a batch of log-mel windows [batch, n_mels, 3000]."""
+
+    def new_cache(self, batch: int) -> Any:
+        """An empty self-attention cache for ``batch`` sequences."""
+
+    def decode(self, tokens: np.ndarray, offsets: np.ndarray, cache: Any, cross: Any) -> np.ndarray:
+        """Run ``tokens`` [batch, n] at positions ``offsets`` [batch] onwards.
+
+        Writes the new keys/values into ``cache`` at ``offsets`` and returns the
+        logits of the last position, float32 [batch, n_vocab], on the host.
+        """
