@@ -1,7 +1,171 @@
-"""Configuration section(s): audio. Owned by the module that consumes it; see schema.py."""
+"""Configuration sections: streams, capture, vad, segmenter (the audio side of the pipeline).
+
+Consumed by daemon/capture.py (streams, capture), daemon/vad.py (vad) and
+daemon/segmenter.py (segmenter). See schema.py for how a setting is declared.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 from daemon.config.schema import setting
+
+SAMPLE_FORMATS = ("auto", "S16_LE", "S24_LE", "S24_3LE", "S32_LE", "FLOAT_LE")
+
+
+@dataclass
+class StreamConfig:
+    name: str = setting(
+        help="Names the stream in transcript topics (<prefix>/<device_id>/<name>/...); unique per device.",
+        pattern=r"[A-Za-z0-9_-]{1,64}",
+        pattern_text="1-64 letters, digits, '_' or '-'",
+        example="mic1",
+    )
+    device: str = setting(
+        "",
+        "ALSA capture PCM, as listed by 'edgescribe devices': hw:CARD=Device,DEV=0, plughw:1,0, "
+        "default, or a PCM named in asound.conf. Prefer CARD=<name> over card numbers: numbers "
+        "change when USB devices are plugged in a different order.",
+        example="plughw:CARD=Device,DEV=0",
+    )
+    file: str = setting(
+        "",
+        "Play this WAV file instead of a device, at real-time pace (demos, benchmarks). "
+        "Set either device or file.",
+        example="/var/lib/edgescribe/demo.wav",
+    )
+    rate: int = setting(
+        0,
+        "Sample rate to open the device at; 0 tries 16000 Hz and takes what the device offers. "
+        "Audio is resampled to 16 kHz either way.",
+        min=0,
+        max=384_000,
+        unit="Hz",
+    )
+    channels: int = setting(
+        0,
+        "Channels to open the device with; 0 tries mono and takes what the device offers. "
+        "Channels are averaged to mono.",
+        min=0,
+        max=32,
+    )
+    format: str = setting(
+        "auto", "Sample format to open the device with; auto tries S16_LE first.", choices=SAMPLE_FORMATS
+    )
+    speed: float = setting(1.0, "For file: playback speed relative to real time (2.0 = twice as fast).",
+                           min=0.01, max=1000.0)
+    loop: bool = setting(False, "For file: start again at the end instead of ending the stream.")
+
+    def problems(self) -> list[tuple[str, str]]:
+        if bool(self.device) == bool(self.file):
+            return [("device", "set exactly one of device (an ALSA PCM) or file (a WAV file)")]
+        return []
+
+
+@dataclass
+class CaptureOptions:
+    period_s: float = setting(
+        0.1,
+        "Audio read from the device at a time. Shorter lowers latency a little and costs CPU.",
+        min=0.01,
+        max=1.0,
+        unit="s",
+    )
+    buffer_s: float = setting(
+        30.0,
+        "Audio held between capture and the transcriber per stream. When inference falls further "
+        "behind than this, the oldest audio is dropped and reported as a gap.",
+        min=1.0,
+        max=3600.0,
+        unit="s",
+    )
+    reopen_min_s: float = setting(0.25, "First wait before reopening a missing or unplugged device.",
+                                  min=0.01, max=5.0, unit="s")
+    reopen_max_s: float = setting(
+        4.0,
+        "Longest wait between reopen attempts (doubling from reopen_min_s). At most 4.5 s, so "
+        "a stream resumes within 5 s of its device returning.",
+        min=0.05,
+        max=4.5,
+        unit="s",
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.reopen_max_s < self.reopen_min_s:
+            return [("reopen_max_s", "must not be smaller than reopen_min_s")]
+        return []
+
+
+@dataclass
+class VadOptions:
+    engine: Literal["silero", "energy"] = setting(
+        "silero",
+        "silero: neural voice activity detection (bundled ONNX model, robust to machine noise). "
+        "energy: loudness above an adaptive noise floor (no model; only for quiet rooms).",
+        choices=("silero", "energy"),
+    )
+    model_path: Optional[str] = setting(
+        None, "Silero VAD ONNX file; empty uses the model shipped with edgescribe.",
+        example="/opt/edgescribe/models/silero_vad.onnx",
+    )
+    energy_margin_db: float = setting(
+        10.0, "energy engine: how far above the noise floor a frame must be to count as speech.",
+        min=1.0, max=60.0, unit="dB",
+    )
+
+
+@dataclass
+class SegmenterOptions:
+    threshold: float = setting(
+        0.5, "Speech probability at which an utterance starts.", min=0.01, max=0.99
+    )
+    off_threshold: float = setting(
+        0.35,
+        "Speech probability below which a frame counts as silence once speech has started "
+        "(lower than threshold, so a soft syllable does not end the utterance).",
+        min=0.0,
+        max=0.99,
+    )
+    min_silence_s: float = setting(
+        0.25,
+        "Silence that ends an utterance. A final transcript comes this long (plus ~0.1 s for the "
+        "detector to notice) after the last word, before inference even starts: 0.25 s leaves "
+        "~0.14 s of the 0.5 s end-of-speech latency target for inference. Raise it (0.4-0.6) if "
+        "sentences with pauses get split and latency matters less.",
+        min=0.05,
+        max=5.0,
+        unit="s",
+    )
+    pre_roll_s: float = setting(
+        0.3, "Audio kept from before the detected start, so soft first consonants are not clipped.",
+        min=0.0, max=2.0, unit="s",
+    )
+    min_speech_s: float = setting(
+        0.25, "Speech shorter than this (clicks, bumps) is discarded, never transcribed.",
+        min=0.0, max=10.0, unit="s",
+    )
+    max_utterance_s: float = setting(
+        25.0,
+        "Longest utterance; longer speech is cut at its quietest point in the last cut_search_s "
+        "and continues as a new utterance. Whisper reads at most 30 s at once.",
+        min=2.0,
+        max=29.0,
+        unit="s",
+    )
+    cut_search_s: float = setting(
+        3.0, "How far back from max_utterance_s the quietest cut point is looked for.",
+        min=0.2, max=10.0, unit="s",
+    )
+    update_interval_s: float = setting(
+        1.0, "While someone speaks, the utterance so far is handed to the transcriber this often.",
+        min=0.1, max=30.0, unit="s",
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if self.off_threshold > self.threshold:
+            found.append(("off_threshold", "must not be above threshold"))
+        if self.cut_search_s >= self.max_utterance_s:
+            found.append(("cut_search_s", "must be shorter than max_utterance_s"))
+        return found

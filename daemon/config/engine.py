@@ -1,7 +1,67 @@
-"""Configuration section(s): engine. Owned by the module that consumes it; see schema.py."""
+"""Configuration section: engine (which model package runs, and on what backend)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
 
 from daemon.config.schema import setting
+
+# One place for the defaults that `edgescribe build-engines` and the daemon share, so the
+# engines the install-time unit builds are the ones the daemon looks for.
+DEFAULT_ENGINE_DIR = Path("/var/lib/edgescribe/engines")
+DEFAULT_PACKAGE_DIR = Path("/var/lib/edgescribe/models/base")
+DEFAULT_MAX_BATCH = 4
+DEFAULT_MAX_PROMPT_TOKENS = 224
+DEFAULT_WORKSPACE_MB = 1024
+
+
+@dataclass
+class EngineConfig:
+    package_dir: Path = setting(
+        DEFAULT_PACKAGE_DIR,
+        "Model package directory written by `edgescribe export` (holds manifest.json, encoder.onnx, decoder.onnx).",
+    )
+    backend: Literal["auto", "tensorrt", "onnxruntime"] = setting(
+        "auto",
+        "Inference backend. auto uses TensorRT when engines built for this device are in engine_dir, "
+        "otherwise ONNX Runtime on the CPU.",
+        choices=("auto", "tensorrt", "onnxruntime"),
+    )
+    engine_dir: Path = setting(
+        DEFAULT_ENGINE_DIR,
+        "Where `edgescribe build-engines` writes TensorRT engines, their timing cache and sidecars.",
+    )
+    precision: Literal["fp16", "fp32"] = setting(
+        "fp16",
+        "TensorRT engine precision. fp16 keeps LayerNorm and Softmax in fp32 and falls back to fp32 "
+        "for a graph that fails validation.",
+        choices=("fp16", "fp32"),
+    )
+    workspace_mb: int = setting(
+        DEFAULT_WORKSPACE_MB,
+        "GPU scratch memory TensorRT may use while building and running an engine.",
+        min=64,
+        max=16384,
+        unit="MiB",
+    )
+    max_batch: int = setting(
+        DEFAULT_MAX_BATCH,
+        "Largest batch the engines accept: the number of audio streams transcribed together.",
+        min=1,
+        max=16,
+    )
+    max_prompt_tokens: int = setting(
+        DEFAULT_MAX_PROMPT_TOKENS,
+        "Longest token sequence fed to the decoder in one step (start tokens plus previous-text prompt).",
+        min=4,
+        max=448,
+        unit="tokens",
+    )
+    threads: int = setting(
+        0,
+        "ONNX Runtime intra-op threads (CPU backend, and the reference when validating engines); 0: automatic.",
+        min=0,
+        max=64,
+    )

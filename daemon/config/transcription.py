@@ -1,7 +1,125 @@
-"""Configuration section(s): transcription. Owned by the module that consumes it; see schema.py."""
+"""Configuration sections: transcription (what the live transcriber asks Whisper for and
+which results it keeps) and models (which model serves first, which one replaces it).
+
+Consumed by daemon/streaming.py and daemon/scheduler.py.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
 
 from daemon.config.schema import setting
+
+
+@dataclass
+class TranscriptionConfig:
+    language: str = setting(
+        "en",
+        "Spoken language as a Whisper language code (en, de, zh, ...), or auto to detect it per "
+        "utterance. English-only models (*.en) always use en.",
+        pattern=r"auto|[a-z]{2,3}",
+        pattern_text="auto or a two/three-letter language code",
+    )
+    task: Literal["transcribe", "translate"] = setting(
+        "transcribe",
+        "transcribe keeps the spoken language; translate outputs English (multilingual models only).",
+        choices=("transcribe", "translate"),
+    )
+    initial_prompt: str = setting(
+        "",
+        "Text given to Whisper before every utterance to steer spelling and style, e.g. "
+        "'Line 3, torque check, OK.' Keep it short; empty for none.",
+    )
+    hotwords: list[str] = setting(
+        default_factory=list,
+        help="Words Whisper should prefer (part names, product codes). They are put in the prompt "
+        "ahead of initial_prompt, as faster-whisper does.",
+        example=["Orin", "spindle"],
+    )
+    partials: bool = setting(
+        True,
+        "Publish partial transcripts while someone is still speaking. Finals are always published.",
+    )
+    partial_interval_s: float = setting(
+        1.0,
+        "Shortest time between two partials of one utterance. Partials are skipped anyway when "
+        "inference is behind, so finals are never delayed by them.",
+        min=0.2,
+        max=30.0,
+        unit="s",
+    )
+    min_speech_s: float = setting(
+        0.3,
+        "Utterances shorter than this are not transcribed: Whisper tends to invent words for "
+        "clicks and short bursts.",
+        min=0.0,
+        max=10.0,
+        unit="s",
+    )
+    no_speech_threshold: float = setting(
+        0.6,
+        "A result is dropped when Whisper's no-speech probability is above this and its average "
+        "log probability is below log_prob_threshold (the openai-whisper rule).",
+        min=0.0,
+        max=1.0,
+    )
+    log_prob_threshold: float = setting(
+        -1.0,
+        "Average token log probability below which a final is decoded again at a higher "
+        "temperature (and which, with no_speech_threshold, marks silence).",
+        min=-20.0,
+        max=0.0,
+    )
+    compression_ratio_threshold: float = setting(
+        2.4,
+        "gzip compression ratio of the text above which the result is treated as a repetition "
+        "loop: decoded again at a higher temperature, dropped if every temperature loops.",
+        min=1.0,
+        max=10.0,
+    )
+    temperatures: list[float] = setting(
+        default_factory=lambda: [0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
+        help="Temperatures tried in turn for a final whose result fails a gate. The first is used "
+        "for partials. One entry disables the fallback.",
+    )
+    condition_on_previous_text: bool = setting(
+        False,
+        "Put the stream's previous final into the prompt. Off by default: on live audio it lets "
+        "one hallucination repeat itself into every following utterance.",
+    )
+    max_pending_finals: int = setting(
+        32,
+        "Finals waiting for inference before the capture side is held back. When inference "
+        "cannot catch up, audio is then lost at the capture ring buffer and reported as a gap.",
+        min=1,
+        max=1024,
+    )
+
+    def problems(self) -> list[tuple[str, str]]:
+        found = []
+        if not self.temperatures:
+            found.append(("temperatures", "needs at least one temperature (e.g. [0.0])"))
+        elif any(not 0.0 <= t <= 2.0 for t in self.temperatures):
+            found.append(("temperatures", "each temperature must be between 0.0 and 2.0"))
+        elif list(self.temperatures) != sorted(self.temperatures):
+            found.append(("temperatures", "temperatures must be in increasing order"))
+        if any(not word.strip() for word in self.hotwords):
+            found.append(("hotwords", "hotwords must not be empty strings"))
+        return found
+
+
+@dataclass
+class ModelsConfig:
+    serving: Optional[Path] = setting(
+        None,
+        "Model package served from start-up (a small one starts fast). Empty uses engine.package_dir.",
+        example="/var/lib/edgescribe/models/tiny.en",
+    )
+    upgrade: Optional[Path] = setting(
+        None,
+        "Optional larger model package loaded in the background after start-up; transcription "
+        "switches to it between utterances once it is ready, without losing audio.",
+        example="/var/lib/edgescribe/models/base",
+    )

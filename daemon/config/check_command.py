@@ -1,0 +1,41 @@
+"""``edgescribe check-config FILE``: validate a configuration without starting anything.
+
+Prints one line per problem (``file:line: key: got ...; expected ...``) on stderr and exits
+with status 2, or prints a short summary and exits 0. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", help="the YAML configuration, e.g. /etc/edgescribe/config.yaml")
+    parser.add_argument(
+        "--show",
+        action="store_true",
+        help="print the effective configuration, every default filled in",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from daemon.config import InvalidConfig, load_config
+    from daemon.config.reference import plain
+
+    try:
+        config = load_config(args.file)
+    except InvalidConfig as error:
+        for line in error.lines():
+            print(line, file=sys.stderr)
+        count = len(error.problems)
+        print(f"{args.file}: {count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
+        return error.exit_code
+    if args.show:
+        sys.stdout.write(yaml.safe_dump(plain(config), sort_keys=False, default_flow_style=False))
+    else:
+        print(f"{args.file}: OK (device_id {config.device_id})")
+    return 0
+

@@ -1,0 +1,350 @@
+"""Generate the configuration reference from the section dataclasses.
+
+Two outputs, both checked in and both kept current by a test:
+
+* ``config/edgescribe.yaml`` - the commented example a technician edits (installed as
+  ``/etc/edgescribe/config.yaml``); every key with its help, allowed values and default.
+* ``docs/configuration.md`` - the same as tables.
+
+Regenerate after changing a section: ``python -m daemon.config.reference --write``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import textwrap
+import typing
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from daemon.config.loader import unwrap_optional, describe, field_default, field_types
+
+REPO = Path(__file__).resolve().parents[2]
+YAML_PATH = REPO / "config" / "edgescribe.yaml"
+MARKDOWN_PATH = REPO / "docs" / "configuration.md"
+WIDTH = 92
+REGENERATE = "python -m daemon.config.reference --write"
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One documented key: where it sits, its declared type and its metadata."""
+
+    path: str  # "service.state_dir", "streams[].name"
+    name: str
+    type: Any
+    meta: dict
+    default: Any  # dataclasses.MISSING when required
+
+    @property
+    def help(self) -> str:
+        return self.meta.get("help") or ""
+
+    @property
+    def example(self) -> Any:
+        return self.meta.get("example")
+
+    @property
+    def shows_example(self) -> bool:
+        """The generated config shows the example where there is no usable default: a required
+        key, or an empty list of sections (so the file works as it is and shows an item's shape)."""
+        if self.example is None:
+            return False
+        return self.default is dataclasses.MISSING or (self.default == [] and section_of(self.type)[1])
+
+    @property
+    def shown(self) -> Any:
+        return self.example if self.shows_example else self.default
+
+
+def keys(cls: type, prefix: str = "") -> Iterator[Key]:
+    hints = field_types(cls)
+    for field in dataclasses.fields(cls):
+        yield Key(prefix + field.name, field.name, hints[field.name], dict(field.metadata), field_default(field))
+
+
+def section_of(tp: Any) -> tuple[type | None, bool]:
+    """(dataclass, is_list) when ``tp`` is a section or a list of sections."""
+    inner = unwrap_optional(tp)[0]
+    if dataclasses.is_dataclass(inner):
+        return inner, False
+    if typing.get_origin(inner) is list:
+        (item,) = typing.get_args(inner)
+        if dataclasses.is_dataclass(item):
+            return item, True
+    return None, False
+
+
+def _default_text(value: Any) -> str:
+    return '"" (empty)' if value == "" else scalar_yaml(value)
+
+
+def scalar_yaml(value: Any) -> str:
+    """``value`` as it would be typed in YAML (flow style for short lists and mappings)."""
+    if dataclasses.is_dataclass(value):
+        value = plain(value)
+    if isinstance(value, Path):
+        value = str(value)
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=1000, sort_keys=False).strip()
+    text = yaml.safe_dump(value, width=1000)
+    return text.removesuffix("\n...\n").strip()
+
+
+def plain(value: Any) -> Any:
+    """Sections as dicts and paths as text, so ``yaml.safe_dump`` can write any config value."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ---------------------------------------------------------------- commented YAML
+
+
+def _comment(text: str, indent: str) -> list[str]:
+    return [f"{indent}# {line}".rstrip() for line in textwrap.wrap(text, WIDTH - len(indent) - 2, break_on_hyphens=False) or [""]]
+
+
+def _key_comment(key: Key, indent: str) -> list[str]:
+    lines = _comment(key.help, indent) if key.help else []
+    section, is_list = section_of(key.type)
+    if section is not None:
+        if is_list and key.shows_example:
+            lines += _comment(f"Default: {scalar_yaml(key.default)} (an example is shown).", indent)
+        elif key.default is None:
+            lines += _comment("Default: null (off); the keys it takes are shown commented out.", indent)
+    else:
+        facts = f"Allowed: {describe(key.type, key.meta)}."
+        if key.default is dataclasses.MISSING:
+            facts += " Required."
+        elif key.shows_example:
+            facts += f" Default: {scalar_yaml(key.default)} (an example is shown)."
+        else:
+            facts += f" Default: {_default_text(key.default)}."
+            if key.example is not None:
+                facts += f" Example: {scalar_yaml(key.example)}"
+        lines += _comment(facts, indent)
+    return lines
+
+
+def yaml_lines(cls: type, instance: Any, indent: str, documented: bool = True) -> list[str]:
+    """The keys of section ``cls`` with the values of ``instance`` (None: shown values)."""
+    lines: list[str] = []
+    for key in keys(cls):
+        value = getattr(instance, key.name) if instance is not None else key.shown
+        if documented:
+            lines += _key_comment(key, indent)
+        lines += _value_lines(key, value, indent, documented)
+        if documented and indent == "":
+            lines.append("")
+    return lines
+
+
+def _value_lines(key: Key, value: Any, indent: str, documented: bool) -> list[str]:
+    section, is_list = section_of(key.type)
+    if section is None or value is dataclasses.MISSING:
+        return [f"{indent}{key.name}: {scalar_yaml(value)}"]
+    if not is_list:
+        if value is None:
+            template = _template(section, indent, as_list=False)
+            return [f"{indent}{key.name}: null"] + _commented([f"{indent}{key.name}:"] + template, indent)
+        return [f"{indent}{key.name}:"] + yaml_lines(section, value, indent + "  ", documented)
+    items = [_as_instance(section, item) for item in value]
+    if not items:
+        # Show the shape of an item anyway, commented out, so the technician can copy it.
+        template = _template(section, indent)
+        lines = [f"{indent}{key.name}: []"]
+        if template:
+            lines += _commented([f"{indent}{key.name}:"] + template, indent)
+        return lines
+    lines = [f"{indent}{key.name}:"]
+    for number, item in enumerate(items):
+        body = yaml_lines(section, item, indent + "    ", documented and number == 0)
+        lines += _as_list_item(body, indent + "  ")
+    return lines
+
+
+def _as_list_item(body: list[str], indent: str) -> list[str]:
+    """Turn the first key line of an item's block into ``- key: value``; comments stay above it."""
+    out = []
+    dashed = False
+    for line in body:
+        if not dashed and not line.lstrip().startswith("#"):
+            out.append(f"{indent}- {line.lstrip()}")
+            dashed = True
+        elif not dashed:
+            out.append(indent + line.lstrip() if line.strip() else line)
+        else:
+            out.append(line)
+    return out
+
+
+def _as_instance(cls: type, item: Any) -> Any:
+    return cls(**item) if isinstance(item, dict) else item
+
+
+def _commented(lines: list[str], indent: str) -> list[str]:
+    return [f"{indent}# {line[len(indent):]}" for line in lines]
+
+
+def _template(cls: type, indent: str, as_list: bool = True) -> list[str]:
+    """A ``cls`` as it would sit under its key at ``indent`` (to be commented out): one list item,
+    or the section's keys."""
+    try:
+        instance = cls()
+    except TypeError:  # required keys: show declared examples
+        values = {k.name: k.shown for k in keys(cls) if k.shown is not dataclasses.MISSING}
+        try:
+            instance = cls(**values)
+        except TypeError:
+            return []
+    if not as_list:
+        return [line for line in yaml_lines(cls, instance, indent + "  ", documented=True) if line.strip()]
+    body = [line for line in yaml_lines(cls, instance, indent + "    ", documented=True) if line.strip()]
+    return _as_list_item(body, indent + "  ")
+
+
+def render_yaml(root: type) -> str:
+    header = [
+        "# edgescribe configuration (installed as /etc/edgescribe/config.yaml).",
+        "#",
+        "# Every key is optional except device_id; the values below are the defaults unless the",
+        "# comment says an example is shown. Validate after editing:",
+        "#     edgescribe check-config /etc/edgescribe/config.yaml",
+        "# then apply with: sudo systemctl restart edgescribe",
+        "# Secrets never go in this file: use password_file (or a systemd credential).",
+        f"# Generated from the section dataclasses by `{REGENERATE}`.",
+        "",
+    ]
+    return "\n".join(header + yaml_lines(root, None, "")).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------- Markdown
+
+
+def _md(text: str) -> str:
+    """Table-cell text: pipes escaped, and <prefix> kept visible instead of read as an HTML tag."""
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;").replace("\n", " ")
+
+
+def _md_default(key: Key) -> str:
+    if key.default is dataclasses.MISSING:
+        return "**required**"
+    section, is_list = section_of(key.type)
+    if section is not None and not is_list and key.default is not None:
+        return "(section)"
+    return f"`{_md(scalar_yaml(key.default))}`"
+
+
+def _md_items(cls: type, items: list) -> str:
+    """A default list of sections, each item reduced to the keys that differ from the item defaults."""
+    defaults = {k.name: k.default for k in keys(cls)}
+    reduced = [{n: v for n, v in plain(item).items() if plain(defaults[n]) != v} for item in items]
+    return scalar_yaml(reduced)
+
+
+def _md_row(key: Key) -> str:
+    text = key.help
+    if key.example is not None:
+        text += f" Example: `{scalar_yaml(key.example)}`."
+    return f"| `{key.path}` | {_md(describe(key.type, key.meta))} | {_md_default(key)} | {_md(text)} |"
+
+
+def _md_rows(cls: type, prefix: str) -> list[str]:
+    rows = []
+    nested = []
+    for key in keys(cls, prefix):
+        section, is_list = section_of(key.type)
+        if section is not None:
+            nested.append((key, section, is_list))
+            if not is_list and key.default is not None:
+                continue
+        rows.append(_md_row(key))
+    for key, section, is_list in nested:
+        rows += _md_rows(section, key.path + ("[]." if is_list else "."))
+    return rows
+
+
+def render_markdown(root: type) -> str:
+    out = [
+        "# Configuration reference",
+        "",
+        f"<!-- Generated by `{REGENERATE}` from the section dataclasses; do not edit. -->",
+        "",
+        "edgescribe reads one YAML file, `/etc/edgescribe/config.yaml` (the commented example is",
+        "[`config/edgescribe.yaml`](../config/edgescribe.yaml)). Every key has a default except",
+        "`device_id`. Check a file before restarting the service:",
+        "",
+        "```",
+        "edgescribe check-config /etc/edgescribe/config.yaml",
+        "```",
+        "",
+        "Every problem is reported at once, one line each, as `file:line: key.path: got ...; expected ...`,",
+        "and the command exits with status 2; the daemon refuses to start on the same problems.",
+        "Unknown keys are errors (with a suggestion when one is close), and so are duplicate keys.",
+        "Text keys take what was typed: `language: no` stays the text `no`.",
+        "",
+        "Secrets are never written in this file. The MQTT password is read from `mqtt.password_file`",
+        "(a file readable only by root and the service) or from a systemd credential named by",
+        "`mqtt.password_credential` (`LoadCredential=`, read from `$CREDENTIALS_DIRECTORY`); an inline",
+        "`password:` key is rejected with these instructions. See [install.md](install.md).",
+        "",
+    ]
+    top = [k for k in keys(root) if section_of(k.type)[0] is None]
+    if top:
+        out += ["## Top level", "", "| key | allowed values | default | description |", "|---|---|---|---|"]
+        out += [_md_row(k) for k in top]
+        out.append("")
+    for key in keys(root):
+        section, is_list = section_of(key.type)
+        if section is None:
+            continue
+        title = f"`{key.name}` (a list; each item has the keys below)" if is_list else f"`{key.name}`"
+        out += [f"## {title}", ""]
+        if key.help:
+            out += [key.help, ""]
+        if is_list and key.default:
+            out += [f"Default: `{_md_items(section, key.default)}`", ""]
+        out += ["| key | allowed values | default | description |", "|---|---|---|---|"]
+        out += _md_rows(section, key.name + ("[]." if is_list else "."))
+        out.append("")
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------- command line
+
+
+def outputs() -> dict[Path, str]:
+    from daemon.config import Config
+
+    return {YAML_PATH: render_yaml(Config), MARKDOWN_PATH: render_markdown(Config)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="generate config/edgescribe.yaml and docs/configuration.md")
+    parser.add_argument("--write", action="store_true", help="write the files (default: report stale ones)")
+    args = parser.parse_args(argv)
+    stale = [path for path, text in outputs().items() if not path.is_file() or path.read_text() != text]
+    if args.write:
+        for path, text in outputs().items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path.relative_to(REPO)}")
+        return 0
+    for path in stale:
+        print(f"{path.relative_to(REPO)} is out of date; run {REGENERATE}", file=sys.stderr)
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,349 @@
+"""One inference worker for every stream: batches ready windows through one loaded model,
+and an engine manager that swaps the serving model between utterances.
+
+Why one worker: the device has one accelerator (or, on CPU, a handful of cores); running
+streams side by side in their own threads would only make them compete. Batching the
+windows that are ready at the same moment amortises the encoder and every decoder step
+over all streams, which is what lets one Orin serve several microphones.
+
+Order of work: finals before partials (a final is what applications act on; a partial
+that waits is simply replaced by a newer one). Finals are never dropped: when too many
+wait, ``submit`` blocks the caller, so back-pressure reaches the capture ring buffer,
+where lost audio is counted and reported as a gap instead of growing memory here.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from daemon.events import ModelEvent
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16000
+WINDOW_SECONDS = 30.0  # Whisper sees at most 30 s at a time
+
+
+@dataclass
+class ModelLease:
+    """One utterance's claim on a model: every decode of that utterance uses the same model,
+    so a switch never mixes two models' hypotheses inside one utterance."""
+
+    model: Any  # engines.model.WhisperModel
+    _manager: "EngineManager"
+    _released: bool = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._manager._release(self)
+
+
+class EngineManager:
+    """Holds the serving model and, during a switch, the one it replaces (at most two).
+
+    The small model serves from start-up; the larger one loads in a background thread and
+    becomes the serving model as soon as it is ready. Utterances that already hold a lease
+    finish on the old model; new utterances get the new one. The old model is freed when
+    its last lease is released.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[Path], Any],
+        serving: Path,
+        upgrade: Optional[Path] = None,
+        emit: Callable[[Any], None] = lambda event: None,
+    ):
+        self._load = load
+        self._serving_path = Path(serving)
+        self._upgrade_path = Path(upgrade) if upgrade else None
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._current: Any = None
+        self._retiring: Any = None
+        self._leases: collections.Counter = collections.Counter()  # id(model) -> open leases
+        self._loader: Optional[threading.Thread] = None
+        self._stopping = threading.Event()
+        self.switched = threading.Event()  # set once the upgrade serves (or failed to load)
+
+    @classmethod
+    def from_config(cls, models, engine, emit: Callable[[Any], None]) -> "EngineManager":
+        """The manager the daemon runs: ``models`` (ModelsConfig) says which packages,
+        ``engine`` (EngineConfig) how to run them."""
+
+        def load(package_dir: Path) -> Any:
+            from engines.model import load_model
+
+            return load_model(package_dir, backend=engine.backend, engine_dir=engine.engine_dir, threads=engine.threads)
+
+        return cls(load, models.serving or engine.package_dir, models.upgrade, emit)
+
+    def start(self) -> None:
+        """Load the serving model now (the caller waits for it) and the upgrade in the background."""
+        self._current = self._load(self._serving_path)
+        self._emit(self._model_event("loaded", self._current, f"serving {self._serving_path}"))
+        if self._upgrade_path is None:
+            self.switched.set()
+            return
+        self._loader = threading.Thread(target=self._load_upgrade, name="model-upgrade", daemon=True)
+        self._loader.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stopping.set()
+        if self._loader is not None:
+            self._loader.join(timeout)
+
+    @property
+    def current(self) -> Any:
+        with self._lock:
+            return self._current
+
+    def loaded_models(self) -> list[Any]:
+        with self._lock:
+            return [m for m in (self._current, self._retiring) if m is not None]
+
+    def lease(self) -> ModelLease:
+        with self._lock:
+            if self._current is None:
+                raise RuntimeError("EngineManager.lease() before start()")
+            self._leases[id(self._current)] += 1
+            return ModelLease(self._current, self)
+
+    def _release(self, lease: ModelLease) -> None:
+        with self._lock:
+            key = id(lease.model)
+            self._leases[key] -= 1
+            if self._leases[key] <= 0:
+                del self._leases[key]
+                if self._retiring is lease.model:
+                    log.info("model %s: last utterance finished, releasing it", lease.model.name)
+                    self._retiring = None
+
+    def _load_upgrade(self) -> None:
+        started = time.monotonic()
+        try:
+            model = self._load(self._upgrade_path)
+        except Exception as error:  # keep serving the small model; say why once
+            log.error("model upgrade %s failed to load, staying on %s: %s", self._upgrade_path, self._current.name, error)
+            self.switched.set()
+            return
+        if self._stopping.is_set():
+            return
+        with self._lock:
+            old = self._current
+            self._current = model
+            # the old model stays only while utterances that started on it are still open
+            self._retiring = old if self._leases[id(old)] > 0 else None
+        log.info("switched serving model %s -> %s (loaded in %.1f s)", old.name, model.name, time.monotonic() - started)
+        self._emit(self._model_event("switched", model, f"from {old.name}; new utterances use {self._upgrade_path}"))
+        self.switched.set()
+
+    @staticmethod
+    def _model_event(action: str, model: Any, detail: str) -> ModelEvent:
+        return ModelEvent(action=action, model=model.name, backend=model.runner.name, detail=detail, wall_time=time.time())
+
+
+@dataclass
+class DecodeRequest:
+    """Audio windows of one utterance to decode with one set of options."""
+
+    key: str  # the utterance id: a newer partial with the same key replaces a queued one
+    final: bool
+    windows: list[np.ndarray]  # f32 16-kHz samples, each at most 30 s
+    lease: ModelLease
+    on_done: Callable[["DecodeOutcome"], None]  # called on the worker thread
+    temperature: float = 0.0
+    language: Optional[str] = None  # None: detect
+    task: str = "transcribe"
+    prompt: str = ""
+    submitted: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class DecodeOutcome:
+    request: DecodeRequest
+    results: list[Any]  # engines.decoding.DecodingResult, one per window; empty on error
+    model: str
+    backend: str
+    batch_size: int  # windows in the decode call that produced this outcome
+    error: Optional[BaseException] = None
+
+
+class InferenceScheduler:
+    """The single inference worker thread and its two queues (finals, partials)."""
+
+    def __init__(
+        self,
+        max_batch: int = 4,
+        max_pending_finals: int = 32,
+        decode: Optional[Callable] = None,
+    ):
+        self.max_batch = max_batch
+        self.max_pending_finals = max_pending_finals
+        self._decode = decode  # engines.decoding.decode unless a caller wraps it
+        self._finals: collections.deque[DecodeRequest] = collections.deque()
+        self._partials: "collections.OrderedDict[str, DecodeRequest]" = collections.OrderedDict()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self._busy = False  # a batch is being decoded right now
+        self.batch_sizes: collections.Counter = collections.Counter()  # windows per decode call
+
+    # -- submitting (any thread) --------------------------------------------------------
+
+    def submit(self, request: DecodeRequest, urgent: bool = False, timeout: Optional[float] = None) -> bool:
+        """Queue a request. A partial replaces a queued partial of the same utterance.
+
+        A final waits while ``max_pending_finals`` are queued (back-pressure); ``urgent``
+        finals (temperature fallback retries) go to the front and never wait, so a retry
+        cannot deadlock against the queue it is part of. Returns False if stopped or timed out.
+        """
+        with self._cond:
+            if request.final:
+                self._partials.pop(request.key, None)  # a final makes its partials stale
+                if urgent:
+                    self._finals.appendleft(request)
+                else:
+                    if not self._cond.wait_for(
+                        lambda: self._stopping or len(self._finals) < self.max_pending_finals, timeout
+                    ):
+                        return False
+                    if self._stopping:
+                        return False
+                    self._finals.append(request)
+            else:
+                if self._stopping:
+                    return False
+                self._partials.pop(request.key, None)
+                self._partials[request.key] = request
+            self._cond.notify_all()
+            return True
+
+    def finals_waiting(self) -> int:
+        with self._cond:
+            return len(self._finals)
+
+    def pending(self) -> tuple[int, int]:
+        """(finals, partials) queued, for health reports."""
+        with self._cond:
+            return len(self._finals), len(self._partials)
+
+    # -- the worker -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._decode is None:
+            from engines.decoding import decode
+
+            self._decode = decode
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0, drain: bool = True) -> None:
+        """Stop the worker; with ``drain`` the queued finals are decoded first."""
+        if drain:
+            self.wait_idle(timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def wait_idle(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: not self._finals and not self._partials and not self._busy,
+                max(0.0, deadline - time.monotonic()),
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._stopping or self._finals or self._partials)
+                if self._stopping:
+                    return
+                batch = self._take_batch()
+                self._busy = True
+                self._cond.notify_all()  # room for a blocked final submitter
+            try:
+                self._decode_batch(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _take_batch(self) -> list[DecodeRequest]:
+        """Finals first, then partials, all for the same model, up to max_batch windows.
+
+        The first request always goes in even if it alone has more windows than max_batch
+        (an over-long utterance), so nothing can get stuck.
+        """
+        first = self._finals[0] if self._finals else next(iter(self._partials.values()))
+        model = first.lease.model
+        batch: list[DecodeRequest] = []
+        windows = 0
+
+        def fits(request: DecodeRequest) -> bool:
+            return request.lease.model is model and (not batch or windows + len(request.windows) <= self.max_batch)
+
+        for request in list(self._finals):
+            if fits(request):
+                self._finals.remove(request)
+                batch.append(request)
+                windows += len(request.windows)
+        for key, request in list(self._partials.items()):
+            if fits(request):
+                del self._partials[key]
+                batch.append(request)
+                windows += len(request.windows)
+        return batch
+
+    def _decode_batch(self, batch: list[DecodeRequest]) -> None:
+        from engines.audio import pad_or_trim
+        from engines.decoding import DecodingOptions
+
+        model = batch[0].lease.model
+        mels, options = [], []
+        for request in batch:
+            for window in request.windows:
+                mels.append(pad_or_trim(model.log_mel(window)))
+                options.append(_options_for(DecodingOptions, request, model))
+        self.batch_sizes[len(mels)] += 1
+        backend = model.runner.name
+        try:
+            results = self._decode(model, np.stack(mels), options)
+            error = None
+        except Exception as failure:  # one bad batch must not kill the worker
+            log.exception("decoding a batch of %d windows with %s failed", len(mels), model.name)
+            results, error = [], failure
+        position = 0
+        for request in batch:
+            count = len(request.windows)
+            mine = results[position : position + count] if error is None else []
+            position += count
+            outcome = DecodeOutcome(request, mine, model.name, backend, len(mels), error)
+            try:
+                request.on_done(outcome)
+            except Exception:
+                log.exception("handling the result for %s failed", request.key)
+
+
+def _options_for(options_type, request: DecodeRequest, model) -> Any:
+    multilingual = model.is_multilingual
+    return options_type(
+        task=request.task if multilingual else "transcribe",
+        language=request.language if multilingual else "en",
+        temperature=request.temperature,
+        prompt=tuple(model.tokenizer.encode_prompt(request.prompt)) if request.prompt else (),
+        without_timestamps=True,  # a live utterance is one segment; its times come from the segmenter
+        seed=0,  # fallback sampling is reproducible, as in the offline pipeline
+    )

@@ -1,0 +1,208 @@
+"""Speech segmentation: a stream of ``AudioBlock``s -> ``Utterance`` updates, one stream each.
+
+The voice detector scores 32-ms frames. An utterance opens when a frame reaches
+``threshold`` (with ``pre_roll_s`` of the audio before it, so soft onsets survive) and
+closes after ``min_silence_s`` of frames below ``off_threshold``; the gap between the two
+thresholds keeps a soft syllable from ending it. While speech goes on, the utterance so far
+is handed out every ``update_interval_s`` for partial transcripts; the last update has
+``ended=True``. Bursts with less than ``min_speech_s`` of speech (door slams, clicks) are
+never handed out at all. Speech longer than ``max_utterance_s`` is cut at its quietest
+point in the last ``cut_search_s`` (between words where there is a between), and the rest
+starts the next utterance.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from daemon.config.audio import SegmenterOptions
+from daemon.ring_buffer import SAMPLE_RATE, AudioBlock
+from daemon.vad import FRAME_SAMPLES, VoiceDetector
+
+log = logging.getLogger(__name__)
+
+_FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
+_CUT_WINDOW = 320  # 20 ms: energy resolution of the max-length cut (shorter than a syllable)
+_GAP_TOLERANCE_S = 0.5 / SAMPLE_RATE  # audio_start rounding, not a gap
+
+
+@dataclass
+class Utterance:
+    stream: str
+    utterance_id: str  # "<stream>-<start wall ms>-<counter>", unique per device
+    audio_start: float  # stream audio time of samples[0] (pre-roll included)
+    wall_start: float
+    samples: np.ndarray  # float32 16 kHz mono: the whole utterance so far
+    ended: bool  # True exactly once, on the final update
+
+    @property
+    def audio_end(self) -> float:
+        return self.audio_start + len(self.samples) / SAMPLE_RATE
+
+
+class _Open:
+    """The utterance being collected."""
+
+    def __init__(self, audio_start: float, wall_start: float, frames: list[np.ndarray], speech_s: float):
+        self.audio_start = audio_start
+        self.wall_start = wall_start
+        self.frames = frames
+        self.n_samples = sum(len(f) for f in frames)
+        self.speech_s = speech_s  # frames that were speech, for min_speech_s
+        self.silence_s = 0.0  # trailing run of silent frames
+        self.utterance_id: Optional[str] = None  # assigned when first handed out
+        self.last_update_s = 0.0  # utterance length at the last update
+
+    def append(self, frame: np.ndarray) -> None:
+        self.frames.append(frame)
+        self.n_samples += len(frame)
+
+    @property
+    def length_s(self) -> float:
+        return self.n_samples / SAMPLE_RATE
+
+    def samples(self) -> np.ndarray:
+        return np.concatenate(self.frames) if self.frames else np.zeros(0, np.float32)
+
+
+class Segmenter:
+    """Turns one stream's audio into utterance updates; not thread-safe (one consumer thread per stream)."""
+
+    def __init__(self, stream: str, options: SegmenterOptions, vad: VoiceDetector):
+        self.stream = stream
+        self.options = options
+        self.vad = vad
+        self._counter = 0
+        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(0, int(round(options.pre_roll_s / _FRAME_S))))
+        self._pending = np.zeros(0, np.float32)  # samples short of a whole frame
+        self._pending_start = 0.0  # audio time of _pending[0]
+        self._pending_wall = 0.0
+        self._expected: Optional[float] = None  # audio time the next block should start at
+        self._open: Optional[_Open] = None
+
+    def push(self, block: AudioBlock) -> list[Utterance]:
+        out: list[Utterance] = []
+        if self._expected is not None and abs(block.audio_start - self._expected) > _GAP_TOLERANCE_S + 1e-9:
+            # audio was lost (overflow, overrun, device away): what follows is not the same utterance
+            log.debug("stream %s: discontinuity %.3f s -> %.3f s", self.stream, self._expected, block.audio_start)
+            out += self._close()
+            self._restart()
+        if not len(self._pending):
+            self._pending_start, self._pending_wall = block.audio_start, block.wall_time
+        self._expected = block.audio_end
+        self._pending = np.concatenate([self._pending, np.asarray(block.samples, np.float32)])
+        whole = len(self._pending) // FRAME_SAMPLES
+        for i in range(whole):
+            frame = self._pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+            offset = i * _FRAME_S
+            out += self._frame(frame, self._pending_start + offset, self._pending_wall + offset)
+        consumed = whole * FRAME_SAMPLES
+        self._pending = self._pending[consumed:]
+        self._pending_start += consumed / SAMPLE_RATE
+        self._pending_wall += consumed / SAMPLE_RATE
+        return out
+
+    def flush(self) -> list[Utterance]:
+        """End of input: close the open utterance (with the last partial frame), forget state."""
+        if self._open is not None and len(self._pending):
+            self._open.append(self._pending)
+        out = self._close()
+        self._restart()
+        self._expected = None
+        return out
+
+    # -- per frame
+
+    def _frame(self, frame: np.ndarray, audio_time: float, wall_time: float) -> list[Utterance]:
+        frame = frame.copy()  # _pending is reused; utterances keep their own frames
+        prob = self.vad.speech_prob(frame)
+        o = self.options
+        current = self._open
+        if current is None:
+            if prob >= o.threshold:
+                pre = list(self._pre_roll)
+                start = audio_time - len(pre) * _FRAME_S
+                self._open = _Open(start, wall_time - len(pre) * _FRAME_S, pre + [frame], _FRAME_S)
+                self._pre_roll.clear()
+                return self._maybe_update()
+            self._pre_roll.append(frame)
+            return []
+
+        current.append(frame)
+        if prob >= o.off_threshold:
+            current.speech_s += _FRAME_S
+            current.silence_s = 0.0
+        else:
+            current.silence_s += _FRAME_S
+        if current.silence_s >= o.min_silence_s - 1e-9:
+            return self._close()
+        if current.length_s >= o.max_utterance_s - 1e-9:
+            return self._cut()
+        return self._maybe_update()
+
+    def _maybe_update(self) -> list[Utterance]:
+        current = self._open
+        if current is None or current.speech_s < self.options.min_speech_s - 1e-9:
+            return []
+        length = current.length_s
+        if length - current.last_update_s < self.options.update_interval_s - 1e-9:
+            return []
+        current.last_update_s = length
+        return [self._utterance(current, ended=False)]
+
+    def _close(self) -> list[Utterance]:
+        current, self._open = self._open, None
+        if current is None:
+            return []
+        if current.speech_s < self.options.min_speech_s - 1e-9:
+            log.debug("stream %s: %.2f s of speech discarded (min_speech_s)", self.stream, current.speech_s)
+            return []
+        return [self._utterance(current, ended=True)]
+
+    def _cut(self) -> list[Utterance]:
+        """Close the over-long utterance at its quietest point; the rest opens the next one."""
+        current = self._open
+        samples = current.samples()
+        cut = quietest_point(samples, len(samples) - int(self.options.cut_search_s * SAMPLE_RATE), len(samples))
+        head, tail = samples[:cut], samples[cut:]
+        current.frames, current.n_samples = [head], len(head)
+        closed = self._utterance(current, ended=True)
+        offset = cut / SAMPLE_RATE
+        # the tail is speech in progress: it counts as speech so it is never discarded as a click
+        self._open = _Open(current.audio_start + offset, current.wall_start + offset, [tail], len(tail) / SAMPLE_RATE)
+        return [closed]
+
+    def _utterance(self, current: _Open, ended: bool) -> Utterance:
+        if current.utterance_id is None:
+            self._counter += 1
+            current.utterance_id = f"{self.stream}-{int(current.wall_start * 1000)}-{self._counter}"
+        return Utterance(self.stream, current.utterance_id, current.audio_start, current.wall_start,
+                         current.samples(), ended)
+
+    def _restart(self) -> None:
+        self.vad.reset()
+        self._pre_roll.clear()
+        self._pending = np.zeros(0, np.float32)
+
+
+def quietest_point(samples: np.ndarray, start: int, stop: int) -> int:
+    """Sample index in [start, stop) at the centre of the quietest 20-ms window (60-ms smoothed).
+
+    Smoothing over three windows prefers a real pause to a single quiet instant inside a
+    word (a stop consonant's closure).
+    """
+    start = max(0, start)
+    windows = (stop - start) // _CUT_WINDOW
+    if windows < 1:
+        return stop
+    region = samples[start : start + windows * _CUT_WINDOW].reshape(windows, _CUT_WINDOW)
+    energy = np.mean(np.square(region, dtype=np.float64), axis=1)
+    if windows >= 3:
+        energy = np.convolve(energy, np.ones(3) / 3, mode="same")
+    best = int(np.argmin(energy))
+    return start + best * _CUT_WINDOW + _CUT_WINDOW // 2

@@ -1,0 +1,98 @@
+"""ONNX Runtime (CPU) implementation of the Runner seam.
+
+The self-attention cache is a pair of numpy arrays [n_text_layer, batch, n_text_ctx,
+n_text_state] allocated once per window. ONNX Runtime reads contiguous numpy inputs in
+place, so each step costs no copy of the cache; the graph returns only the new rows,
+which are written into the cache at each sequence's offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from engines.errors import ModelPackageError
+from engines.package import ModelPackage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KVCache:
+    """Self-attention keys and values of every decoder layer for a batch of sequences."""
+
+    k: np.ndarray  # float32 [n_text_layer, batch, n_text_ctx, n_text_state]
+    v: np.ndarray
+
+
+@dataclass
+class CrossKV:
+    """Cross-attention keys and values of every decoder layer, from one encoder run."""
+
+    k: np.ndarray  # float32 [n_text_layer, batch, n_audio_ctx, n_text_state]
+    v: np.ndarray
+
+
+class OnnxRunner:
+    """Runs a package's encoder and decoder graphs with ONNX Runtime on the CPU."""
+
+    name = "onnxruntime"
+
+    def __init__(self, package: ModelPackage, threads: int = 0, prefer_int8: bool = True):
+        import onnxruntime as ort
+
+        self.dims = package.dims
+        encoder_path, decoder_path = package.graph_paths(prefer_int8=prefer_int8)
+        self.precision = package.manifest.precision.get(decoder_path.name, "float32")
+        options = ort.SessionOptions()
+        # One request at a time on a small CPU: all threads inside each operator, none across.
+        options.intra_op_num_threads = threads if threads > 0 else min(os.cpu_count() or 1, 4)
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.enable_cpu_mem_arena = True
+        options.enable_mem_pattern = True
+        options.log_severity_level = 3  # warnings about unused initialisers are noise here
+        providers = ["CPUExecutionProvider"]
+        try:
+            self._encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
+            self._decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own untyped exceptions
+            raise ModelPackageError(f"model package {package.dir}: ONNX Runtime cannot load its graphs ({error})") from None
+        self.threads = options.intra_op_num_threads
+        log.debug("onnxruntime: %s graphs, %d threads", self.precision, self.threads)
+
+    def encode(self, mel: np.ndarray) -> CrossKV:
+        mel = np.ascontiguousarray(mel, dtype=np.float32)
+        if mel.ndim != 3 or mel.shape[1] != self.dims.n_mels:
+            raise ValueError(f"mel must be [batch, {self.dims.n_mels}, 3000], got {list(mel.shape)}")
+        cross_k, cross_v = self._encoder.run(["cross_k", "cross_v"], {"mel": mel})
+        return CrossKV(cross_k, cross_v)
+
+    def new_cache(self, batch: int) -> KVCache:
+        shape = (self.dims.n_text_layer, batch, self.dims.n_text_ctx, self.dims.n_text_state)
+        return KVCache(np.zeros(shape, np.float32), np.zeros(shape, np.float32))
+
+    def decode(self, tokens: np.ndarray, offsets: np.ndarray, cache: KVCache, cross: CrossKV) -> np.ndarray:
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        n = tokens.shape[1]
+        if int(offsets.max()) + n > self.dims.n_text_ctx or int(offsets.min()) < 0:
+            raise ValueError(f"tokens at offsets {offsets.tolist()} + {n} overflow the text context {self.dims.n_text_ctx}")
+        logits, new_k, new_v = self._decoder.run(
+            ["logits", "new_k", "new_v"],
+            {"tokens": tokens, "offset": offsets, "self_k": cache.k, "self_v": cache.v,
+             "cross_k": cross.k, "cross_v": cross.v},
+        )
+        first = int(offsets[0])
+        if (offsets == first).all():
+            cache.k[:, :, first : first + n] = new_k
+            cache.v[:, :, first : first + n] = new_v
+        else:
+            for b, offset in enumerate(offsets.tolist()):
+                cache.k[:, b, offset : offset + n] = new_k[:, b]
+                cache.v[:, b, offset : offset + n] = new_v[:, b]
+        return logits

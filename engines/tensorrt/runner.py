@@ -1,0 +1,290 @@
+"""The TensorRT :class:`engines.runtime.Runner`: encoder and decoder engines on the GPU.
+
+Per 30-s window the mel goes up once and the cross-attention K/V stay on the device; per
+decoding step only the tokens (a few bytes) go up and the logits come down. The decoder
+returns each step's new self-attention K/V in a scratch buffer and the runner copies them
+into the caller's cache at each row's offset with strided device-to-device copies, so the
+cache never leaves the GPU. Buffers are sized from the engines' own tensor shapes and dtypes
+(name-based TensorRT 10 API), so fp16 K/V engines and fp32 ones run through the same code;
+the host converts only mel (in) and logits (out).
+
+All GPU calls go through ``engines.tensorrt.seam``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from engines.tensorrt.engine_cache import EngineBuildError, EngineCache
+from engines.tensorrt.seam import DeviceBuffer, Shape
+
+log = logging.getLogger(__name__)
+
+ENCODER_IO = {"mel": True, "cross_k": False, "cross_v": False}  # name -> is_input
+DECODER_IO = {
+    "tokens": True, "offset": True, "self_k": True, "self_v": True, "cross_k": True, "cross_v": True,
+    "logits": False, "new_k": False, "new_v": False,
+}
+
+
+@dataclass
+class DeviceCrossKV:
+    """Cross-attention K/V of ``batch`` windows, [n_text_layer, batch, n_audio_ctx, n_text_state]."""
+
+    k: DeviceBuffer
+    v: DeviceBuffer
+    batch: int
+
+
+@dataclass
+class DeviceCache:
+    """Self-attention K/V cache of ``batch`` sequences, [n_text_layer, batch, n_text_ctx, n_text_state]."""
+
+    k: DeviceBuffer
+    v: DeviceBuffer
+    batch: int
+
+
+@dataclass(frozen=True)
+class Copy2D:
+    """``height`` rows of ``width`` bytes; row i goes from src + i*src_pitch to dst + i*dst_pitch."""
+
+    dst: int
+    dst_pitch: int
+    src: int
+    src_pitch: int
+    width: int
+    height: int
+
+
+def cache_copies(
+    layers: int, batch: int, n_tokens: int, ctx: int, state: int, itemsize: int, offsets: np.ndarray
+) -> list[Copy2D]:
+    """Byte-offset copies that write new K (or V) into the cache at each row's offset.
+
+    Source ``new`` is [layers, batch, n_tokens, state]; destination ``cache`` is
+    [layers, batch, ctx, state]. Seen as rows of ``n_tokens * state`` elements, both are
+    (layers * batch) rows with a fixed pitch, so when every sequence is at the same offset
+    (streams decoding in step) one strided copy does everything; otherwise one copy per
+    sequence, striding over the layers. Either way the launch count does not grow with depth.
+    """
+    row = state * itemsize
+    width = n_tokens * row
+    if (offsets == offsets[0]).all():
+        return [Copy2D(int(offsets[0]) * row, ctx * row, 0, width, width, layers * batch)]
+    return [
+        Copy2D((b * ctx + int(offsets[b])) * row, batch * ctx * row, b * width, batch * width, width, layers)
+        for b in range(batch)
+    ]
+
+
+def _nbytes(shape: Shape, dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _check_io(engine, expected: dict[str, bool], where: str) -> dict[str, Any]:
+    specs = {spec.name: spec for spec in engine.tensors}
+    for name, is_input in expected.items():
+        spec = specs.get(name)
+        if spec is None or spec.is_input != is_input:
+            kind = "input" if is_input else "output"
+            raise EngineBuildError(
+                f"{where} has no {kind} tensor {name!r} (has {sorted(specs)}); it was built from another graph "
+                "contract: rebuild with edgescribe build-engines --force"
+            )
+    return specs
+
+
+class TensorRTRunner:
+    """Runs one package's encoder and decoder engines on GPU 0 (see module docstring).
+
+    One execution context per engine and one stream: call it from one thread at a time (the
+    scheduler's inference thread). ``max_batch`` and ``max_tokens`` are the engines' profile
+    limits; callers split larger batches.
+    """
+
+    name = "tensorrt"
+
+    def __init__(self, trt, encoder_plan: bytes, decoder_plan: bytes, dims, where: dict[str, str]):
+        self._gpu = gpu = trt.gpu
+        self._dims = dims
+        with gpu.active():
+            self._encoder = self._deserialize(trt, encoder_plan, where["encoder"])
+            self._decoder = self._deserialize(trt, decoder_plan, where["decoder"])
+            enc = _check_io(self._encoder, ENCODER_IO, where["encoder"])
+            dec = _check_io(self._decoder, DECODER_IO, where["decoder"])
+            self.kv_dtype = self._shared_kv_dtype(enc, dec, where)
+            self.max_batch = min(self._encoder.profile_max("mel")[0], self._decoder.profile_max("tokens")[0])
+            self.max_tokens = self._decoder.profile_max("tokens")[1]
+            self._enc_ctx = self._encoder.create_context()
+            self._dec_ctx = self._decoder.create_context()
+            self._stream = gpu.stream()
+            self._device, self._host = self._allocate(enc, dec)
+        log.info(
+            "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s",
+            self.max_batch, self.max_tokens, np.dtype(self.kv_dtype).name,
+        )
+
+    @staticmethod
+    def _shared_kv_dtype(enc, dec, where: dict[str, str]) -> np.dtype:
+        """The cross K/V go from encoder to decoder and the cache from step to step untouched,
+        so every K/V tensor of both engines must have one dtype."""
+        names = ("cross_k", "cross_v", "self_k", "self_v", "new_k", "new_v")
+        dtypes = {enc["cross_k"].dtype, enc["cross_v"].dtype} | {dec[name].dtype for name in names}
+        if len(dtypes) != 1:
+            raise EngineBuildError(
+                f"{where['encoder']} and {where['decoder']} disagree on the K/V dtype ({sorted(map(str, dtypes))}): "
+                "rebuild both with edgescribe build-engines --force"
+            )
+        return dtypes.pop()
+
+    def _allocate(self, enc, dec) -> tuple[dict[str, DeviceBuffer], dict[str, np.ndarray]]:
+        """Device buffers for the tensors the runner owns, and pinned host twins for those that cross.
+
+        Sized at the profile maximum from the shapes the contexts derive for it: the engines
+        report outputs with dynamic (-1) dimensions.
+        """
+        for context, engine, io in ((self._enc_ctx, self._encoder, ENCODER_IO), (self._dec_ctx, self._decoder, DECODER_IO)):
+            for name, is_input in io.items():
+                if is_input:
+                    context.set_input_shape(name, engine.profile_max(name))
+        owned = {"mel": (self._enc_ctx, enc)} | {
+            name: (self._dec_ctx, dec) for name in ("tokens", "offset", "logits", "new_k", "new_v")
+        }
+        device, host = {}, {}
+        for name, (context, specs) in owned.items():
+            shape = context.tensor_shape(name)
+            device[name] = self._gpu.alloc(_nbytes(shape, specs[name].dtype))
+            if name not in ("new_k", "new_v"):  # those never leave the device
+                # Page-locked, so the async copies really are asynchronous DMA.
+                host[name] = self._gpu.pinned(shape, specs[name].dtype)
+        return device, host
+
+    @classmethod
+    def from_cache(cls, trt, cache: EngineCache, dims) -> "TensorRTRunner":
+        where = {graph: str(cache.engine_path(graph)) for graph in ("encoder", "decoder")}
+        return cls(trt, cache.load_plan("encoder"), cache.load_plan("decoder"), dims, where)
+
+    @staticmethod
+    def _deserialize(trt, plan: bytes, where: str):
+        try:
+            return trt.deserialize(plan)
+        except RuntimeError as error:
+            raise EngineBuildError(f"{where}: {error}; rebuild it with edgescribe build-engines --force") from None
+
+    # -- Runner protocol -------------------------------------------------------------
+
+    def encode(self, mel: np.ndarray) -> DeviceCrossKV:
+        dims = self._dims
+        mel = np.asarray(mel)
+        if mel.ndim != 3 or mel.shape[1:] != (dims.n_mels, 3000) or not 1 <= mel.shape[0] <= self.max_batch:
+            raise ValueError(f"mel must be [1..{self.max_batch}, {dims.n_mels}, 3000], got {list(mel.shape)}")
+        batch = mel.shape[0]
+        gpu, stream, ctx = self._gpu, self._stream, self._enc_ctx
+        cross_bytes = _nbytes((dims.n_text_layer, batch, dims.n_audio_ctx, dims.n_text_state), self.kv_dtype)
+        with gpu.active():
+            host = self._host["mel"].reshape(-1)[: mel.size].reshape(mel.shape)
+            host[...] = mel  # converts to the engine's mel dtype
+            gpu.upload(self._device["mel"].ptr, host, stream)
+            # Fresh buffers per window: a caller may hold several windows' K/V at once (the
+            # temperature fallback decodes the same window again from its ``encoded``).
+            cross = DeviceCrossKV(gpu.alloc(cross_bytes), gpu.alloc(cross_bytes), batch)
+            ctx.set_input_shape("mel", mel.shape)
+            ctx.set_address("mel", self._device["mel"].ptr)
+            ctx.set_address("cross_k", cross.k.ptr)
+            ctx.set_address("cross_v", cross.v.ptr)
+            ctx.execute(stream)
+            # The pinned mel buffer is reused by the next call; it must have left the host.
+            stream.synchronize()
+        return cross
+
+    def new_cache(self, batch: int) -> DeviceCache:
+        dims = self._dims
+        if not 1 <= batch <= self.max_batch:
+            raise ValueError(f"batch must be 1..{self.max_batch}, got {batch}")
+        nbytes = _nbytes((dims.n_text_layer, batch, dims.n_text_ctx, dims.n_text_state), self.kv_dtype)
+        with self._gpu.active():
+            cache = DeviceCache(self._gpu.alloc(nbytes), self._gpu.alloc(nbytes), batch)
+            # Rows past the offset are masked, but uninitialised memory can hold NaN, and NaN
+            # times a zero attention weight is still NaN.
+            self._gpu.zero(cache.k.ptr, nbytes, self._stream)
+            self._gpu.zero(cache.v.ptr, nbytes, self._stream)
+        return cache
+
+    def decode(self, tokens: np.ndarray, offsets: np.ndarray, cache: DeviceCache, cross: DeviceCrossKV) -> np.ndarray:
+        dims = self._dims
+        tokens = np.asarray(tokens)
+        offsets = np.asarray(offsets)
+        if tokens.ndim != 2 or not 1 <= tokens.shape[1] <= self.max_tokens:
+            raise ValueError(f"tokens must be [batch, 1..{self.max_tokens}], got {list(tokens.shape)}")
+        batch, n = tokens.shape
+        if cache.batch != batch or cross.batch != batch or offsets.shape != (batch,):
+            raise ValueError(
+                f"batch mismatch: tokens {batch}, offsets {list(offsets.shape)}, cache {cache.batch}, cross {cross.batch}"
+            )
+        if offsets.min() < 0 or offsets.max() + n > dims.n_text_ctx:
+            raise ValueError(f"offsets {offsets.tolist()} + {n} tokens run past the text context {dims.n_text_ctx}")
+
+        gpu, stream, ctx = self._gpu, self._stream, self._dec_ctx
+        layers, state = dims.n_text_layer, dims.n_text_state
+        with gpu.active():
+            host_tokens = self._host["tokens"].reshape(-1)[: tokens.size].reshape(tokens.shape)
+            host_tokens[...] = tokens
+            host_offsets = self._host["offset"][:batch]
+            host_offsets[...] = offsets
+            gpu.upload(self._device["tokens"].ptr, host_tokens, stream)
+            gpu.upload(self._device["offset"].ptr, host_offsets, stream)
+
+            shapes = {
+                "tokens": (batch, n),
+                "offset": (batch,),
+                "self_k": (layers, batch, dims.n_text_ctx, state),
+                "self_v": (layers, batch, dims.n_text_ctx, state),
+                "cross_k": (layers, batch, dims.n_audio_ctx, state),
+                "cross_v": (layers, batch, dims.n_audio_ctx, state),
+            }
+            for name, shape in shapes.items():
+                ctx.set_input_shape(name, shape)
+            addresses = {
+                "tokens": self._device["tokens"].ptr, "offset": self._device["offset"].ptr,
+                "self_k": cache.k.ptr, "self_v": cache.v.ptr, "cross_k": cross.k.ptr, "cross_v": cross.v.ptr,
+                "logits": self._device["logits"].ptr, "new_k": self._device["new_k"].ptr, "new_v": self._device["new_v"].ptr,
+            }
+            for name, ptr in addresses.items():
+                ctx.set_address(name, ptr)
+            ctx.execute(stream)
+
+            # Same stream: these copies run after the decoder finished reading the cache.
+            itemsize = np.dtype(self.kv_dtype).itemsize
+            for c in cache_copies(layers, batch, n, dims.n_text_ctx, state, itemsize, offsets):
+                for new, cached in (("new_k", cache.k), ("new_v", cache.v)):
+                    gpu.copy_2d(cached.ptr + c.dst, c.dst_pitch, self._device[new].ptr + c.src, c.src_pitch,
+                                c.width, c.height, stream)
+
+            host_logits = self._host["logits"].reshape(-1)[: batch * dims.n_vocab].reshape(batch, dims.n_vocab)
+            gpu.download(host_logits, self._device["logits"].ptr, stream)
+            stream.synchronize()
+            return host_logits.astype(np.float32, copy=True)
+
+    # -- for validation and measurement -----------------------------------------------
+
+    def device_memory_used(self) -> int:
+        """Device memory in use, all processes (on a Jetson: of the RAM shared with the CPU)."""
+        with self._gpu.active():
+            return self._gpu.memory_used()
+
+    def cross_to_host(self, cross: DeviceCrossKV) -> tuple[np.ndarray, np.ndarray]:
+        """Copy cross K/V back as float32 numpy arrays (validation only; never per token)."""
+        dims = self._dims
+        shape = (dims.n_text_layer, cross.batch, dims.n_audio_ctx, dims.n_text_state)
+        with self._gpu.active():
+            k = self._gpu.pinned(shape, self.kv_dtype)
+            v = self._gpu.pinned(shape, self.kv_dtype)
+            self._gpu.download(k, cross.k.ptr, self._stream)
+            self._gpu.download(v, cross.v.ptr, self._stream)
+            self._stream.synchronize()
+        return k.astype(np.float32), v.astype(np.float32)

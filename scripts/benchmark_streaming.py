@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Live-transcription benchmark: corpus speech played at real-time pace through the whole
+pipeline (WAV source -> ring buffer -> Silero VAD segmenter -> streaming transcriber ->
+one inference worker), as microphones would deliver it.
+
+Reports
+  1. final-transcript latency: from the moment the segmenter reports the end of an
+     utterance (its ``ended`` update, min_silence_s after the last word) to the final being
+     ready, p50/p95 (targets: p50 <= 0.5 s, p95 <= 1.0 s);
+  2. WER of the streaming finals against the offline transcription (engines.transcribe) of
+     the same files (target: streaming at most 1 point worse);
+  3. the largest number of simultaneous real-time streams that keep up: N = 1, 2, 4, 6, ...
+     streams with distinct files, kept up = no audio lost (no GapEvent) and final latency
+     p95 within --latency-bound (target >= 4 streams).
+
+Not a test: run it on a quiet machine. Example (about 6 minutes):
+    .venv/bin/python scripts/benchmark_streaming.py --model var/pkg/tiny.en --threads 2
+Short smoke run (about 1 minute):
+    .venv/bin/python scripts/benchmark_streaming.py --short
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from daemon.capture import CaptureStream  # noqa: E402
+from daemon.config.audio import CaptureOptions, StreamConfig  # noqa: E402
+from daemon.config.transcription import TranscriptionConfig  # noqa: E402
+from daemon.events import GapEvent  # noqa: E402
+from daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
+from daemon.streaming import StreamTranscriber, consume  # noqa: E402
+from engines.scoring import corpus_counts, read_transcripts  # noqa: E402
+from tests.fixtures.streaming import Collected, segmenter_for, spoken_stream, write_wav  # noqa: E402
+
+log = logging.getLogger("benchmark_streaming")
+
+CORPUS = REPO.parent / "shared" / "corpus"
+
+
+@dataclass
+class RunResult:
+    streams: int
+    audio_s: float
+    finals: int
+    partials: int
+    gaps: int
+    lost_s: float
+    latencies: list[float]
+    batch_sizes: dict[int, int]
+    events: Collected
+    spoken: dict
+
+    def percentile(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def short_ids(corpus: Path) -> list[str]:
+    """The single-utterance English files (not the long-form ones), in a fixed order."""
+    references = read_transcripts(corpus / "en" / "transcripts.tsv")
+    return sorted(key for key in references if not key.startswith("long_"))
+
+
+def files_for_stream(ids: list[str], index: int, count: int, seconds: float, corpus: Path) -> list[str]:
+    """``count`` streams get distinct files: stream i starts i/count of the way through the list."""
+    from engines.audio import load_audio
+
+    start = index * len(ids) // count
+    chosen, total = [], 0.0
+    for offset in range(len(ids)):
+        key = ids[(start + offset) % len(ids)]
+        chosen.append(key)
+        total += len(load_audio(corpus / "en" / f"{key}.wav")) / 16000 + 1.5
+        if total >= seconds:
+            break
+    return chosen
+
+
+def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, workdir: Path) -> RunResult:
+    events = Collected()
+    scheduler = InferenceScheduler(max_batch=args.max_batch, max_pending_finals=TranscriptionConfig().max_pending_finals)
+    scheduler.start()
+    stop = threading.Event()
+    captures, threads, spoken = [], [], {}
+    for index, ids in enumerate(ids_per_stream):
+        name = f"mic{index}"
+        spoken[name] = spoken_stream(CORPUS, ids)
+        wav = write_wav(workdir / f"{name}.wav", spoken[name].samples)
+        capture = CaptureStream(StreamConfig(name=name, file=str(wav), speed=1.0), CaptureOptions(), events)
+        transcriber = StreamTranscriber(name, TranscriptionConfig(partials=not args.no_partials), scheduler, engines, events)
+        captures.append(capture)
+        threads.append(threading.Thread(target=consume, args=(capture, segmenter_for(name), transcriber, stop), daemon=True))
+    audio_s = max(len(s.samples) for s in spoken.values()) / 16000
+    try:
+        for capture in captures:
+            capture.start()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(audio_s + 120)
+        scheduler.wait_idle(120)
+    finally:
+        stop.set()
+        for capture in captures:
+            capture.stop()
+        scheduler.stop(timeout=60)
+    finals = events.finals()
+    gaps = events.of_type(GapEvent)
+    return RunResult(
+        streams=len(ids_per_stream),
+        audio_s=audio_s,
+        finals=len(finals),
+        partials=len(events.transcripts()) - len(finals),
+        gaps=len(gaps),
+        lost_s=sum(g.duration_s for g in gaps),
+        latencies=[f.latency_s for f in finals],
+        batch_sizes=dict(scheduler.batch_sizes),
+        events=events,
+        spoken=spoken,
+    )
+
+
+def streaming_vs_offline(model, result: RunResult) -> tuple[float, float, int]:
+    """Corpus WER of the streaming finals and of offline transcription of the same files."""
+    from engines.audio import load_audio
+    from engines.transcribe import TranscribeOptions, transcribe
+
+    streaming_pairs, offline_pairs = [], []
+    for name, spoken in result.spoken.items():
+        hypotheses = spoken.hypotheses(result.events.finals(name))
+        for key, reference in spoken.references.items():
+            streaming_pairs.append((reference, hypotheses.get(key, "")))
+            audio = load_audio(CORPUS / "en" / f"{key}.wav")
+            offline_pairs.append((reference, transcribe(model, audio, TranscribeOptions(language="en")).text))
+    streaming = corpus_counts(streaming_pairs)
+    return streaming.rate, corpus_counts(offline_pairs).rate, streaming.reference_length
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=REPO / "var" / "pkg" / "tiny.en", help="model package directory")
+    parser.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt"))
+    parser.add_argument("--engine-dir", type=Path, default=None, help="TensorRT engine directory (backend tensorrt/auto)")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--latency-seconds", type=float, default=120.0, help="audio per stream for the latency/WER run")
+    parser.add_argument("--capacity-seconds", type=float, default=60.0, help="audio per stream in each N-streams run")
+    parser.add_argument("--streams", default="1,2,4,6,8", help="stream counts to try, in increasing order")
+    parser.add_argument("--latency-bound", type=float, default=2.0, help="p95 final latency that still counts as keeping up (s)")
+    parser.add_argument("--no-partials", action="store_true", help="finals only (partials are on in the daemon by default)")
+    parser.add_argument("--short", action="store_true", help="smoke run: 30 s latency run, 20 s per capacity run, N = 1, 2")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+    if args.short:
+        args.latency_seconds, args.capacity_seconds, args.streams = 30.0, 20.0, "1,2"
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+    from engines.model import load_model
+
+    model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
+    engines = EngineManager(lambda path: model, args.model)
+    engines.start()
+    precision = "int8" if model.package.has_int8() and model.runner.name == "onnxruntime" else "float32"
+    ids = short_ids(CORPUS)
+    print(f"model {model.name} ({precision}) on {model.runner.name}, {args.threads} threads, max batch {args.max_batch}, "
+          f"partials {'off' if args.no_partials else 'on'}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        # 1 + 2: one real-time stream for latency and accuracy
+        single = run_streams(engines, [files_for_stream(ids, 0, 1, args.latency_seconds, CORPUS)], args, workdir)
+        streaming_wer, offline_wer, words = streaming_vs_offline(model, single)
+        print("\n## Streaming\n")
+        print(f"One stream, {single.audio_s:.0f} s of corpus speech at real-time pace, {single.finals} finals:\n")
+        print("| measure | value | target |")
+        print("|---|---|---|")
+        print(f"| final latency p50 (end of utterance -> final) | {single.percentile(0.5):.2f} s | <= 0.5 s |")
+        print(f"| final latency p95 | {single.percentile(0.95):.2f} s | <= 1.0 s |")
+        print(f"| WER streaming finals ({words} words) | {100 * streaming_wer:.1f} % | |")
+        print(f"| WER offline, same files | {100 * offline_wer:.1f} % | |")
+        print(f"| streaming - offline | {100 * (streaming_wer - offline_wer):+.1f} points | <= +1 point |")
+        print("\nLatency is counted from the segmenter's end-of-utterance update, which comes "
+              "min_silence_s (0.3 s by default) after the last word.\n")
+
+        # 3: how many real-time streams one engine keeps up with
+        print("| streams | audio/stream | finals | partials | gaps (lost s) | latency p50 | p95 | max | decode batches (size: count) | keeps up |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        best = 0
+        for count in [int(n) for n in args.streams.split(",")]:
+            result = run_streams(engines, [files_for_stream(ids, i, count, args.capacity_seconds, CORPUS) for i in range(count)], args, workdir)
+            keeps_up = result.gaps == 0 and result.percentile(0.95) <= args.latency_bound
+            batches = ", ".join(f"{size}: {n}" for size, n in sorted(result.batch_sizes.items()))
+            print(f"| {count} | {result.audio_s:.0f} s | {result.finals} | {result.partials} | {result.gaps} ({result.lost_s:.1f}) "
+                  f"| {result.percentile(0.5):.2f} s | {result.percentile(0.95):.2f} s | {max(result.latencies, default=float('nan')):.2f} s "
+                  f"| {batches} | {'yes' if keeps_up else 'no'} |", flush=True)
+            if not keeps_up:
+                break
+            best = count
+        print(f"\nLargest number of real-time streams kept up (no audio lost, p95 <= {args.latency_bound:g} s): {best} (target >= 4)")
+    engines.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""Measure one backend on real recordings, or compare two measurements (scripts/verify-jetson.sh).
+
+    verify_jetson.py measure --model PKG --engine-dir DIR --backend tensorrt --corpus CORPUS/en --out trt.json
+    verify_jetson.py compare ort.json trt.json
+
+``measure`` runs in its own process per backend so peak memory belongs to that backend alone.
+It transcribes the corpus files (transcripts.tsv lists them) and records per file the text,
+the audio length and the wall time; overall the WER, the real-time factor, the per-token
+decoder latency (single-token steps after a real prompt, the step a listener waits on) and
+peak memory. ``compare`` prints both side by side and exits 1 when any file's text differs or
+a WER differs by more than ``--max-wer-delta``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("verify_jetson")
+
+
+@dataclass
+class FileResult:
+    id: str
+    seconds: float  # audio length
+    wall: float  # transcription time
+    text: str
+    reference: str
+
+
+@dataclass
+class Measurement:
+    backend: str
+    model: str
+    files: list[FileResult] = field(default_factory=list)
+    wer: float = 0.0
+    rtf: float = 0.0  # wall time / audio time over all files
+    token_ms: float = 0.0  # mean single-token decoder step
+    load_seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    gpu_used_mb: float | None = None
+
+
+def measure(args: argparse.Namespace) -> int:
+    from engines.model import load_model
+    from engines.scoring import corpus_counts, read_transcripts
+    from engines.transcribe import TranscribeOptions, transcribe
+
+    started = time.monotonic()
+    model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
+    if args.backend == "onnxruntime":
+        # The reference is float32, like the graphs TensorRT builds from (the daemon's CPU path
+        # would prefer int8 graphs when the package has them).
+        from engines.onnx_runner import OnnxRunner
+
+        started = time.monotonic()
+        model.runner = OnnxRunner(model.package, threads=args.threads, prefer_int8=False)
+    if model.runner.name != args.backend:
+        print(f"verify_jetson: asked for {args.backend}, got {model.runner.name}", file=sys.stderr)
+        return 1
+    result = Measurement(args.backend, model.name, load_seconds=time.monotonic() - started)
+
+    references = read_transcripts(args.corpus / "transcripts.tsv")
+    ids = sorted(i for i in references if not i.startswith("long_"))[: args.limit]
+    options = TranscribeOptions(language=args.language, temperatures=(0.0,), without_timestamps=False)
+    for file_id in ids:
+        begun = time.monotonic()
+        transcription = transcribe(model, args.corpus / f"{file_id}.wav", options)
+        result.files.append(FileResult(file_id, transcription.duration, time.monotonic() - begun,
+                                       transcription.text, references[file_id]))
+    audio = sum(f.seconds for f in result.files)
+    result.rtf = sum(f.wall for f in result.files) / audio if audio else 0.0
+    result.wer = corpus_counts((f.reference, f.text) for f in result.files).rate
+    result.token_ms = token_latency_ms(model, args.corpus / f"{ids[0]}.wav", steps=args.token_steps)
+    result.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.backend == "tensorrt":
+        result.gpu_used_mb = model.runner.device_memory_used() / 2**20
+    args.out.write_text(json.dumps(asdict(result), indent=2) + "\n")
+    print(f"{args.backend}: WER {result.wer:.1%}, RTF {result.rtf:.3f}, {result.token_ms:.1f} ms/token, "
+          f"peak RSS {result.peak_rss_mb:.0f} MB -> {args.out}")
+    return 0
+
+
+def token_latency_ms(model, wav: Path, steps: int) -> float:
+    """Mean wall time of one single-token decoder step (encode and prompt excluded)."""
+    import numpy as np
+
+    from engines.audio import load_audio, pad_or_trim
+
+    mel = pad_or_trim(model.log_mel(load_audio(wav)))[None]
+    runner = model.runner
+    special = model.package.manifest.special_tokens
+    prompt = [special.sot, special.no_timestamps]
+    cross = runner.encode(mel)
+    cache = runner.new_cache(1)
+    logits = runner.decode(np.array([prompt]), np.zeros(1, dtype=np.int64), cache, cross)
+    # Forced tokens after EOT are fine for timing: the cost of a step does not depend on the token.
+    started = time.perf_counter()
+    for step in range(steps):
+        token = int(np.argmax(logits[0]))
+        logits = runner.decode(np.array([[token]]), np.array([len(prompt) + step]), cache, cross)
+    return (time.perf_counter() - started) / steps * 1000
+
+
+def compare(args: argparse.Namespace) -> int:
+    runs = [json.loads(Path(path).read_text()) for path in args.measurements]
+    names = [run["backend"] for run in runs]
+    print(f"{'':24}" + "".join(f"{name:>16}" for name in names))
+    for label, key, fmt in (("WER", "wer", "{:.2%}"), ("real-time factor", "rtf", "{:.3f}"),
+                            ("ms per token", "token_ms", "{:.1f}"), ("model load s", "load_seconds", "{:.1f}"),
+                            ("peak RSS MB", "peak_rss_mb", "{:.0f}"), ("GPU/shared used MB", "gpu_used_mb", "{:.0f}")):
+        cells = [fmt.format(run[key]) if run.get(key) is not None else "-" for run in runs]
+        print(f"{label:24}" + "".join(f"{cell:>16}" for cell in cells))
+
+    problems = []
+    texts = [{f["id"]: f["text"] for f in run["files"]} for run in runs]
+    for file_id in sorted(set(texts[0]) | set(texts[1])):
+        a, b = texts[0].get(file_id), texts[1].get(file_id)
+        if a != b:
+            problems.append(f"{file_id}: {names[0]} {a!r} != {names[1]} {b!r}")
+    delta = abs(runs[0]["wer"] - runs[1]["wer"])
+    if delta > args.max_wer_delta:
+        problems.append(f"WER differs by {delta:.2%} (allowed {args.max_wer_delta:.2%})")
+    for problem in problems:
+        print(f"MISMATCH {problem}")
+    print("verify_jetson: " + ("FAILED" if problems else f"OK: {len(texts[0])} files transcribed identically"))
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    m = sub.add_parser("measure")
+    m.add_argument("--model", type=Path, required=True)
+    m.add_argument("--engine-dir", type=Path)
+    m.add_argument("--backend", choices=("tensorrt", "onnxruntime"), required=True)
+    m.add_argument("--corpus", type=Path, required=True, help="a corpus language dir with transcripts.tsv")
+    m.add_argument("--language", default="en")
+    m.add_argument("--limit", type=int, default=20, help="at most this many files (long_* excluded)")
+    m.add_argument("--token-steps", type=int, default=64)
+    m.add_argument("--threads", type=int, default=0)
+    m.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("compare")
+    c.add_argument("measurements", nargs=2)
+    c.add_argument("--max-wer-delta", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from engines.errors import EdgescribeError
+
+    try:
+        return measure(args) if args.command == "measure" else compare(args)
+    except EdgescribeError as error:
+        print(f"verify_jetson: error: {error}", file=sys.stderr)
+        return error.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""Streaming transcription: LocalAgreement, live-audio guards, and real speech through the pipeline.
+
+The pipeline tests run real corpus recordings through the WAV source (or a real ALSA PCM),
+the Silero VAD segmenter, the shared inference scheduler and a real tiny.en model package,
+at full speed rather than real time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon.capture import AlsaSource, CaptureStream
+from daemon.config.audio import CaptureOptions, StreamConfig
+from daemon.config.transcription import TranscriptionConfig
+from daemon.events import GapEvent
+from daemon.scheduler import InferenceScheduler
+from daemon.segmenter import Utterance
+from daemon.streaming import (
+    LocalAgreement,
+    StreamTranscriber,
+    build_prompt,
+    common_prefix,
+    consume,
+    split_windows,
+    strip_repeated_prefix,
+)
+from engines.audio import load_audio
+from engines.decoding import compression_ratio, decode
+from engines.scoring import corpus_counts, read_transcripts, wer
+from tests.fixtures.alsa import SPEECH_FILE, AlsaDevices, alsa_devices  # noqa: F401
+from tests.fixtures.streaming import (  # noqa: F401
+    Collected,
+    check_transcript_invariants,
+    engines_for,
+    run_synchronously,
+    segmenter_for,
+    spoken_stream,
+    tiny_model,
+    tiny_package,
+    write_wav,
+)
+
+
+def load_audio_file(corpus: Path, key: str) -> np.ndarray:
+    return load_audio(corpus / "en" / f"{key}.wav")
+
+
+# -- LocalAgreement-2 ---------------------------------------------------------------------
+
+
+def test_agreement_needs_two_hypotheses_before_anything_is_stable():
+    agreement = LocalAgreement()
+    assert agreement.update("he hoped there".split()) == ([], ["he", "hoped", "there"])
+    stable, tail = agreement.update("he hoped there would".split())
+    assert stable == ["he", "hoped", "there"]
+    assert tail == ["would"]
+
+
+def test_agreement_stable_words_never_change_even_when_a_hypothesis_contradicts_them():
+    agreement = LocalAgreement()
+    agreement.update("the stillness was".split())
+    agreement.update("the stillness was awful".split())
+    stable, tail = agreement.update("this stillness was awful creepy".split())
+    assert stable == ["the", "stillness", "was"]  # the contradiction does not rewrite them
+    assert tail == ["awful", "creepy"]
+    # and a contradicting hypothesis cannot extend the stable prefix either
+    stable, _ = agreement.update("this stillness was awful creepy and".split())
+    assert stable == ["the", "stillness", "was"]
+    stable, _ = agreement.update("the stillness was awful creepy and".split())
+    assert stable == ["the", "stillness", "was", "awful", "creepy", "and"]
+
+
+def test_agreement_ignores_case_and_punctuation_when_comparing():
+    agreement = LocalAgreement()
+    agreement.update("Tell me what happened".split())
+    stable, tail = agreement.update("tell me, what happened, quoth".split())
+    assert [w.lower().strip(",") for w in stable] == ["tell", "me", "what", "happened"]
+    assert tail == ["quoth"]
+
+
+def test_agreement_stable_prefix_only_grows_over_random_hypotheses():
+    rng = np.random.default_rng(7)
+    vocabulary = ["a", "b", "c", "d"]
+    agreement = LocalAgreement()
+    history = []
+    for _ in range(300):
+        words = list(rng.choice(vocabulary, size=rng.integers(0, 8)))
+        stable, tail = agreement.update(words)
+        assert stable[: len(history)] == history
+        history = stable
+
+
+def test_common_prefix_counts_shared_leading_words():
+    assert common_prefix("a b c".split(), "a b d".split()) == 2
+    assert common_prefix([], "a".split()) == 0
+
+
+# -- guards -------------------------------------------------------------------------------
+
+
+def test_repeated_words_at_a_cut_are_stripped():
+    previous = "and so my fellow americans ask not".split()
+    assert strip_repeated_prefix(previous, "ask not what your country".split()) == "what your country".split()
+    assert strip_repeated_prefix(previous, "Not, what your country".split()) == "what your country".split()
+    assert strip_repeated_prefix(previous, "what your country".split()) == "what your country".split()
+    assert strip_repeated_prefix([], "ask not".split()) == ["ask", "not"]
+
+
+def test_prompt_puts_hotwords_first_and_previous_text_only_when_enabled():
+    config = TranscriptionConfig(initial_prompt="Line 3 torque check.", hotwords=["Orin", "spindle"])
+    assert build_prompt(config, "earlier words") == "Orin spindle Line 3 torque check."
+    config.condition_on_previous_text = True
+    assert build_prompt(config, "earlier words") == "Orin spindle Line 3 torque check. earlier words"
+    assert build_prompt(TranscriptionConfig()) == ""
+
+
+def test_long_audio_is_split_into_equal_windows_of_at_most_30_s():
+    samples = np.zeros(int(16000 * 61), np.float32)
+    windows = split_windows(samples)
+    assert len(windows) == 3
+    assert all(len(w) <= 30 * 16000 for w in windows)
+    assert sum(len(w) for w in windows) == len(samples)
+    assert len(split_windows(np.zeros(16000 * 5, np.float32))) == 1
+
+
+def test_config_problems_name_the_bad_key():
+    assert TranscriptionConfig().problems() == []
+    assert TranscriptionConfig(temperatures=[0.4, 0.0]).problems()[0][0] == "temperatures"
+    assert TranscriptionConfig(temperatures=[]).problems()[0][0] == "temperatures"
+    assert TranscriptionConfig(hotwords=[" "]).problems()[0][0] == "hotwords"
+
+
+# -- real speech through the pipeline -------------------------------------------------------
+
+
+@pytest.fixture
+def scheduler():
+    worker = InferenceScheduler(max_batch=4)
+    worker.start()
+    yield worker
+    worker.stop(timeout=60)
+
+
+def test_corpus_speech_gives_partials_then_one_final_per_utterance(corpus, tmp_path, tiny_model, scheduler):
+    # four files (29 s): every update is decoded, so this is the slowest test here
+    spoken = spoken_stream(corpus, ("jfk_inaugural_1961", "ls_1089-134686-0000", "arctic_axb_a0004", "ls_3005-163389-0002"))
+    wav = write_wav(tmp_path / "mic.wav", spoken.samples)
+    events = Collected()
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_model), events)
+
+    run_synchronously(wav, transcriber, scheduler, segmenter_for("mic"))
+
+    transcripts = events.transcripts()
+    check_transcript_invariants(transcripts)
+    finals = events.finals()
+    for final in finals:
+        assert final.model == "tiny.en" and final.backend == "onnxruntime" and final.language == "en"
+    # every utterance longer than two updates showed partial text before its final, and
+    # LocalAgreement made some of it stable before the end
+    partials = [e for e in transcripts if e.kind == "partial"]
+    assert {e.utterance_id for e in partials} >= {f.utterance_id for f in finals if f.audio_end - f.audio_start > 3.0}
+    assert any(e.stable_text for e in partials)
+    # the segmenter may split a file at a pause: join each file's finals in order
+    hypotheses = spoken.hypotheses(finals)
+    assert set(hypotheses) == set(spoken.references)  # every file transcribed, nothing invented between
+    counts = corpus_counts((spoken.references[key], text) for key, text in hypotheses.items())
+    print(f"streaming WER {counts.rate:.3f} over {counts.reference_length} words; {len(finals)} finals, {len(partials)} partials")
+    assert counts.rate < 0.15  # tiny.en reads these clean files at ~5 % (offline about the same)
+
+
+# -- real ALSA capture, and a stalled engine -------------------------------------------------
+
+
+class FileLengthAlsaSource(AlsaSource):
+    """The file-plugin PCM is not paced and repeats stale data past the end of its file, so
+    stop after exactly the file's frames, as a recording that ends."""
+
+    def __init__(self, device: str, frames: int, **kwargs):
+        super().__init__(device, **kwargs)
+        self._left = frames
+
+    def read(self):
+        if self._left <= 0:
+            return None
+        samples = super().read()
+        if samples is not None:
+            samples = samples[: self._left]
+            self._left -= len(samples)
+        return samples
+
+
+def _run_pipeline(capture, transcriber, timeout_s=300.0):
+    stop = threading.Event()
+    worker = threading.Thread(target=consume, args=(capture, segmenter_for(capture.name), transcriber, stop), daemon=True)
+    capture.start()
+    worker.start()
+    worker.join(timeout_s)
+    stop.set()
+    capture.stop()
+    assert not worker.is_alive(), "the stream did not finish in time"
+
+
+def test_speech_from_a_real_alsa_pcm_is_transcribed(corpus, alsa_devices: AlsaDevices, tiny_model, scheduler):
+    events = Collected()
+    source = FileLengthAlsaSource("speech16k", len(alsa_devices.speech16k), period_s=0.1)
+    capture = CaptureStream(StreamConfig(name="alsa", device="speech16k"), CaptureOptions(buffer_s=60.0), events, source=source)
+    transcriber = StreamTranscriber("alsa", TranscriptionConfig(), scheduler, engines_for(tiny_model), events)
+    _run_pipeline(capture, transcriber)
+    assert scheduler.wait_idle(120)
+
+    check_transcript_invariants(events.transcripts())
+    text = " ".join(e.text for e in events.finals())
+    reference = read_transcripts(corpus / "en" / "transcripts.tsv")[Path(SPEECH_FILE).stem]
+    assert wer(reference, text) < 0.2, text
+    assert not events.of_type(GapEvent)
+
+
+def test_a_stalled_engine_makes_the_ring_buffer_overflow_and_a_gap_is_reported(corpus, tmp_path, tiny_model):
+    release = threading.Event()
+    decoded = []
+
+    def stalled(model, mel, options):
+        release.wait(120)  # the engine hangs until the test lets it go
+        decoded.append(mel.shape[0])
+        return decode(model, mel, options)
+
+    scheduler = InferenceScheduler(max_batch=4, max_pending_finals=1, decode=stalled)
+    scheduler.start()
+    spoken = spoken_stream(corpus)
+    wav = write_wav(tmp_path / "mic.wav", spoken.samples)
+    events = Collected()
+    # 10x real time: the segmenter keeps up easily (no gap without the stall, see the
+    # ALSA and multi-stream tests), and a 1-s ring buffer fills in 0.1 s once it is held back
+    capture = CaptureStream(StreamConfig(name="mic", file=str(wav), speed=10.0), CaptureOptions(buffer_s=1.0), events)
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_model), events)
+    pipeline = threading.Thread(target=_run_pipeline, args=(capture, transcriber), daemon=True)
+    try:
+        pipeline.start()
+        deadline = time.monotonic() + 60
+        while not events.of_type(GapEvent) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gaps = events.of_type(GapEvent)
+        assert gaps and gaps[0].reason == "overflow" and gaps[0].stream == "mic"
+        # audio was lost only once the second utterance's final could not be queued
+        assert gaps[0].audio_start > 4.0  # after "And so my fellow Americans" (ends at 3.5 s) was queued
+        assert not events.transcripts()  # nothing came out while the engine was stuck
+        release.set()
+        pipeline.join(300)
+        assert scheduler.wait_idle(300)
+    finally:
+        release.set()
+        scheduler.stop(timeout=60)
+    lost = sum(gap.duration_s for gap in events.of_type(GapEvent))
+    assert 1.0 < lost < len(spoken.samples) / 16000
+    # what was queued before and after the gap is still transcribed, each utterance once
+    check_transcript_invariants(events.transcripts())
+    finals = events.finals()
+    assert finals and "americans" in finals[0].text.lower()
+    for gap in events.of_type(GapEvent):  # no final claims audio that was lost
+        for final in finals:
+            assert final.audio_end <= gap.audio_start + 1e-3 or final.audio_start >= gap.audio_start + gap.duration_s - 1e-3
+
+
+# -- guards and prompts, on real decodes ----------------------------------------------------
+
+
+def _final_of(tiny_model, scheduler, config, *utterances):
+    events = Collected()
+    transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_model), events)
+    for utterance in utterances:
+        transcriber.push(utterance)
+    assert scheduler.wait_idle(120)
+    return events
+
+
+def test_hotwords_and_initial_prompt_steer_spelling(corpus, tiny_model, scheduler):
+    audio = load_audio_file(corpus, "lj_LJ001-0007")  # "... the Gutenberg, or forty-two line Bible ..."
+    ended = Utterance("mic", "u1", 0.0, 0.0, audio, True)
+    plain = _final_of(tiny_model, scheduler, TranscriptionConfig(), ended).finals()[0].text
+    hot = _final_of(tiny_model, scheduler, TranscriptionConfig(hotwords=["Gutenberg"]), ended).finals()[0].text
+    prompted = _final_of(tiny_model, scheduler, TranscriptionConfig(initial_prompt="The Gutenberg Bible."), ended).finals()[0].text
+    assert "Gutenberg" not in plain  # tiny.en alone writes "Gudenberg"
+    assert "Gutenberg" in hot and "Gutenberg" in prompted
+
+
+def _looping_at(temperatures_that_loop, seen):
+    """A real decode whose result is replaced by a repetition loop at the given temperatures."""
+
+    def decode_with_loops(model, mel, options):
+        results = decode(model, mel, options)
+        out = []
+        for option, result in zip(options, results):
+            seen.append(option.temperature)
+            if option.temperature in temperatures_that_loop:
+                text = " the line is down" * 20
+                result = dataclasses.replace(result, text=text, compression_ratio=compression_ratio(text))
+            out.append(result)
+        return out
+
+    return decode_with_loops
+
+
+def test_a_repetition_loop_is_decoded_again_hotter_and_kept_once_it_reads_well(corpus, tiny_model):
+    seen = []
+    scheduler = InferenceScheduler(decode=_looping_at({0.0}, seen))
+    scheduler.start()
+    try:
+        audio = load_audio_file(corpus, "ls_1089-134691-0000")
+        events = _final_of(tiny_model, scheduler, TranscriptionConfig(partials=False), Utterance("mic", "u1", 0.0, 0.0, audio, True))
+    finally:
+        scheduler.stop()
+    assert seen == [0.0, 0.2]
+    (final,) = events.finals()
+    assert "longer" in final.text.lower() and final.confidence.temperature == 0.2
+
+
+def test_a_result_that_loops_at_every_temperature_is_dropped(corpus, tiny_model):
+    seen = []
+    config = TranscriptionConfig(partials=False)
+    scheduler = InferenceScheduler(decode=_looping_at(set(config.temperatures), seen))
+    scheduler.start()
+    try:
+        audio = load_audio_file(corpus, "ls_1089-134691-0000")
+        events = _final_of(tiny_model, scheduler, config, Utterance("mic", "u1", 0.0, 0.0, audio, True))
+    finally:
+        scheduler.stop()
+    assert seen == config.temperatures
+    assert events.finals() == []  # nothing was published for it, so no final is owed
+
+
+def test_utterances_shorter_than_min_speech_are_not_decoded(corpus, tiny_model):
+    calls = []
+
+    def counting(model, mel, options):
+        calls.append(mel.shape[0])
+        return decode(model, mel, options)
+
+    scheduler = InferenceScheduler(decode=counting)
+    scheduler.start()
+    try:
+        audio = load_audio_file(corpus, "ls_1089-134691-0000")[: int(0.25 * 16000)]
+        events = _final_of(tiny_model, scheduler, TranscriptionConfig(min_speech_s=0.3), Utterance("mic", "u1", 0.0, 0.0, audio, True))
+    finally:
+        scheduler.stop()
+    assert calls == [] and events.events == []
+
+
+def test_words_repeated_across_a_cut_are_removed_only_at_a_cut(corpus, tiny_model, scheduler):
+    reference = read_transcripts(corpus / "en" / "transcripts.tsv")["jfk_inaugural_1961"]
+    audio = load_audio_file(corpus, "jfk_inaugural_1961")
+    cut, overlap = int(7.0 * 16000), int(0.6 * 16000)  # "... can do | for you ask what ..."
+    head = Utterance("mic", "u1", 0.0, 0.0, audio[: cut + overlap], True)  # ends after "for you"
+    # the next utterance starts where the previous one was cut, yet hears "for you" again
+    at_cut = Utterance("mic", "u2", head.audio_end, head.audio_end, audio[cut:], True)
+    joined = " ".join(e.text for e in _final_of(tiny_model, scheduler, TranscriptionConfig(), head, at_cut).finals())
+    assert wer(reference, joined) < 0.05, joined
+    # after a pause it is new speech: repeating the same words is what was said
+    after_pause = Utterance("mic", "u2", head.audio_end + 1.0, head.audio_end + 1.0, audio[cut:], True)
+    joined = " ".join(e.text for e in _final_of(tiny_model, scheduler, TranscriptionConfig(), head, after_pause).finals())
+    assert wer(reference, joined) > 0.05, joined

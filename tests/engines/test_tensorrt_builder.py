@@ -1,0 +1,190 @@
+"""Engine build orchestration with a GPU double (tests/fixtures/fake_tensorrt.py) and everything
+else real: the tiny.en package, the engine cache on disk, the TensorRT runner's buffer and
+cache arithmetic, and validation against ONNX Runtime on the reference recording."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from engines.tensorrt.build_command import build_engines
+from engines.tensorrt.builder import FP32_LAYER_TYPES, HALF_IO, BuildOptions, Ticker, profiles, recipe
+from engines.tensorrt.engine_cache import EngineBuildError, EngineCache
+from engines.tensorrt.runner import cache_copies
+from tests.fixtures.fake_tensorrt import FakeTensorRT
+from tests.fixtures.model_package import onnx_sessions, tiny_package  # noqa: F401 (fixtures)
+
+OPTIONS = BuildOptions(precision="fp16", max_batch=2, max_prompt_tokens=32, workspace_mb=256)
+
+
+@pytest.fixture
+def fake(onnx_sessions):  # noqa: F811
+    return FakeTensorRT(sessions=onnx_sessions)
+
+
+def build(package, out, fake, options=OPTIONS, **kwargs):
+    return build_engines(package, out, options, fake, threads=1, tick_interval=60, **kwargs)
+
+
+# -- decisions (pure) --------------------------------------------------------------------
+
+
+def test_profiles_cover_batch_and_prompt_range_with_single_token_opt(tiny_package):  # noqa: F811
+    dims = tiny_package.dims
+    shapes = profiles(dims, BuildOptions(max_batch=4, max_prompt_tokens=224))
+    assert shapes["encoder"]["mel"] == ((1, 80, 3000), (1, 80, 3000), (4, 80, 3000))
+    assert shapes["decoder"]["tokens"] == ((1, 1), (1, 1), (4, 224))
+    assert shapes["decoder"]["self_k"] == ((4, 1, 448, 384), (4, 1, 448, 384), (4, 4, 448, 384))
+    assert shapes["decoder"]["cross_v"][2] == (4, 4, 1500, 384)
+    with pytest.raises(ValueError, match="exceeds the model's text context 448"):
+        profiles(dims, BuildOptions(max_prompt_tokens=449))
+
+
+def test_fp16_recipe_pins_norm_and_softmax_and_halves_only_device_side_kv(tiny_package):  # noqa: F811
+    dims = tiny_package.dims
+    fp16 = recipe("decoder.onnx", "decoder", dims, OPTIONS, "fp16")
+    assert fp16.fp16 and {"NORMALIZATION", "SOFTMAX"} <= set(fp16.fp32_layer_types)
+    assert set(fp16.half_io) == set(HALF_IO) and "logits" not in fp16.half_io and "mel" not in fp16.half_io
+    assert fp16.workspace_bytes == 256 << 20
+    fallback = recipe("decoder.onnx", "decoder", dims, OPTIONS, "fp32")
+    assert not fallback.fp16 and fallback.fp32_layer_types == ()
+    assert fallback.half_io == fp16.half_io  # must keep exchanging fp16 K/V with an fp16 encoder
+    fp32 = recipe("decoder.onnx", "decoder", dims, BuildOptions(precision="fp32"), "fp32")
+    assert fp32.half_io == () and FP32_LAYER_TYPES
+
+
+@pytest.mark.parametrize("offsets", [[0, 3, 6], [5, 5, 5]], ids=["rows at different offsets", "rows in step"])
+def test_cache_copies_place_each_row_at_its_own_offset(offsets):
+    layers, batch, n, ctx, state = 2, 3, 2, 8, 4
+    offsets = np.array(offsets)
+    new = np.arange(layers * batch * n * state, dtype=np.float16).reshape(layers, batch, n, state)
+    cache = np.zeros((layers, batch, ctx, state), np.float16)
+    flat_cache, flat_new = cache.reshape(-1).view(np.uint8), new.reshape(-1).view(np.uint8)
+    copies = cache_copies(layers, batch, n, ctx, state, 2, offsets)
+    for c in copies:
+        for row in range(c.height):
+            d, s = c.dst + row * c.dst_pitch, c.src + row * c.src_pitch
+            flat_cache[d : d + c.width] = flat_new[s : s + c.width]
+    expected = np.zeros_like(cache)
+    for b, offset in enumerate(offsets):
+        expected[:, b, offset : offset + n] = new[:, b]
+    np.testing.assert_array_equal(cache, expected)
+    # One strided copy when rows are in step, one per row otherwise; never one per layer.
+    assert len(copies) == (1 if len(set(offsets.tolist())) == 1 else batch)
+
+
+def test_ticker_logs_progress_from_its_thread_and_stops(caplog):
+    caplog.set_level(logging.INFO, logger="engines.tensorrt.builder")
+    with Ticker("decoder engine (fp16)", interval=0.05):
+        time.sleep(0.3)
+    ticks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("still building decoder engine (fp16)")]
+    assert len(ticks) >= 2 and ticks[0].endswith("s elapsed")
+    count = len(caplog.records)
+    time.sleep(0.15)
+    assert len(caplog.records) == count  # the thread has stopped
+
+
+# -- orchestration -----------------------------------------------------------------------
+
+
+def test_build_validates_marks_good_then_is_a_no_op(tiny_package, fake, tmp_path, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO)
+    assert build(tiny_package, tmp_path, fake) is True
+    cache = EngineCache(tmp_path, "tiny.en")
+    mark = json.loads(cache.good_path.read_text())
+    assert any(line.startswith("text: 'in being comparatively modern.'") and line.endswith("ok") for line in mark["report"])
+    assert fake.builds == [("encoder", True), ("decoder", True)]
+    assert cache.read_timing_cache() == b"timing:2"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("building encoder engine (fp16)") for m in messages)
+    assert any(m.startswith(f"built {cache.engine_path('decoder')} in ") for m in messages)
+
+    caplog.clear()
+    assert build(tiny_package, tmp_path, fake) is False
+    assert len(fake.builds) == 2
+    assert any("up to date; nothing to build" in r.getMessage() for r in caplog.records)
+
+
+def test_force_rebuilds_and_reuses_the_saved_timing_cache(tiny_package, fake, tmp_path):  # noqa: F811
+    build(tiny_package, tmp_path, fake)
+    assert fake.timing_caches_seen[0] is None
+    build(tiny_package, tmp_path, fake, force=True)
+    assert len(fake.builds) == 4
+    assert fake.timing_caches_seen[2] == b"timing:2"
+
+
+def test_stale_key_rebuilds_once_and_says_which_field(tiny_package, fake, tmp_path, caplog):  # noqa: F811
+    build(tiny_package, tmp_path, fake)
+    caplog.set_level(logging.INFO)
+    fake.version = "10.3.1"  # a JetPack update
+    assert build(tiny_package, tmp_path, fake) is True
+    assert len(fake.builds) == 4
+    assert any("tensorrt_version: built for 10.3.0, now 10.3.1" in r.getMessage() for r in caplog.records)
+    sidecar = json.loads(EngineCache(tmp_path, "tiny.en").sidecar_path("decoder").read_text())
+    assert sidecar["key"]["tensorrt_version"] == "10.3.1"
+
+
+def test_changed_settings_make_the_cache_stale(tiny_package, fake, tmp_path):  # noqa: F811
+    build(tiny_package, tmp_path, fake)
+    assert build(tiny_package, tmp_path, fake, options=BuildOptions(max_batch=1, max_prompt_tokens=32)) is True
+    assert fake.recipes[-1].profile["tokens"][2] == (1, 32)
+
+
+def test_cached_engine_that_fails_to_load_is_rebuilt_once(tiny_package, fake, tmp_path, caplog):  # noqa: F811
+    build(tiny_package, tmp_path, fake)
+    caplog.set_level(logging.INFO)
+    fake.unloadable = 1
+    assert build(tiny_package, tmp_path, fake) is True
+    assert len(fake.builds) == 4
+    assert any("encoder.engine cannot be loaded" in r.getMessage() for r in caplog.records)
+
+
+def test_engine_that_still_fails_after_the_rebuild_is_a_clear_error(tiny_package, fake, tmp_path):  # noqa: F811
+    fake.broken_plans = True
+    with pytest.raises(EngineBuildError) as raised:
+        build(tiny_package, tmp_path, fake)
+    message = str(raised.value)
+    assert str(tmp_path / "tiny.en" / "encoder.engine") in message and "even right after rebuilding it" in message
+    assert "\n" not in message
+    assert len(fake.builds) == 2  # built once, not retried in a loop
+    assert not EngineCache(tmp_path, "tiny.en").good_path.exists()
+
+
+def test_fp16_drift_in_the_encoder_falls_back_to_fp32_for_that_graph(tiny_package, fake, tmp_path, caplog):  # noqa: F811
+    caplog.set_level(logging.INFO)
+    fake.fp16_noise = {"cross_k": 0.05}  # 5% of scale: far past the 2% fp16 limit
+    assert build(tiny_package, tmp_path, fake) is True
+    assert fake.builds == [("encoder", True), ("decoder", True), ("encoder", False)]
+    cache = EngineCache(tmp_path, "tiny.en")
+    assert cache.precision_of("encoder") == "fp32" and cache.precision_of("decoder") == "fp16"
+    assert cache.good_path.exists()
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("validation: cross_k:") and m.endswith("FAIL") for m in messages)
+    assert any("fp16 encoder drifts past tolerance; rebuilding it in fp32" in m for m in messages)
+
+
+def test_drift_that_survives_the_fallback_fails_and_leaves_engines_unmarked(tiny_package, fake, tmp_path):  # noqa: F811
+    fake.fp16_noise = {"logits": 0.2}
+    fake.drift_fp32 = True
+    with pytest.raises(EngineBuildError, match=r"disagree with ONNX Runtime: logits: max abs .* FAIL"):
+        build(tiny_package, tmp_path, fake)
+    assert fake.builds[-1] == ("decoder", False)
+    assert not EngineCache(tmp_path, "tiny.en").good_path.exists()
+
+
+def test_a_gpu_error_while_validating_is_one_line_naming_the_directory(tiny_package, fake, tmp_path, monkeypatch):  # noqa: F811
+    from tests.fixtures import fake_tensorrt
+
+    def fail(self, stream):
+        raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
+
+    monkeypatch.setattr(fake_tensorrt.FakeContext, "execute", fail)
+    with pytest.raises(EngineBuildError) as raised:
+        build(tiny_package, tmp_path, fake)
+    assert str(raised.value) == (f"running the new engines in {tmp_path / 'tiny.en'} failed: "
+                                 "TensorRT execute_async_v3 failed (see the TensorRT log above)")
+    assert not EngineCache(tmp_path, "tiny.en").good_path.exists()
