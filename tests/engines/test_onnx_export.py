@@ -245,3 +245,26 @@ def test_int8_graphs_agree_with_float(tiny_en_package, corpus):
         agree += sum(a == b for a, b in zip(chosen, expected))
         total += len(expected)
     assert agree / total >= 0.9, f"int8 agreed on {agree}/{total} tokens"
+
+
+def test_per_layer_inputs_variant_equals_stacked(tiny_en_package, corpus):
+    """The experimental per-layer-input decoder (proposed contract change) computes the same."""
+    from engines import onnx_export
+
+    stacked = Greedy(tiny_en_package)
+    cross = stacked.encode(_mel(corpus / "en" / "arctic_aew_a0001.wav"))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    model = onnx_export.build_decoder(load_weights("tiny.en"), layer_inputs=True)
+    per_layer = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    special = tiny_en_package.manifest.special_tokens
+    cache = stacked.new_cache(1)
+    stacked.step([[special.sot, special.no_timestamps]], [0], cache, cross)
+    expected = stacked.step([[1374]], [2], tuple(c.copy() for c in cache), cross)
+    feed = {"tokens": np.array([[1374]]), "offset": np.array([2])}
+    for layer in range(tiny_en_package.dims.n_text_layer):  # views into the stacked buffers
+        feed.update({f"self_k.{layer}": cache[0][layer], f"self_v.{layer}": cache[1][layer],
+                     f"cross_k.{layer}": cross[0][layer], f"cross_v.{layer}": cross[1][layer]})
+    logits, new_k, _ = per_layer.run(None, feed)
+    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-5)
+    assert new_k.shape == (4, 1, 1, 384)
