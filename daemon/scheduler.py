@@ -25,11 +25,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from daemon.events import ModelEvent
+from engines.audio import pad_or_trim
 
 log = logging.getLogger(__name__)
-
-SAMPLE_RATE = 16000
-WINDOW_SECONDS = 30.0  # Whisper sees at most 30 s at a time
 
 
 @dataclass
@@ -196,7 +194,10 @@ class InferenceScheduler:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._busy = False  # a batch is being decoded right now
-        self.batch_sizes: collections.Counter = collections.Counter()  # windows per decode call
+        # statistics for health reports; written by the worker under self._cond
+        self.batch_sizes: collections.Counter = collections.Counter()  # windows per decode call -> calls
+        self.batches = 0  # decode calls so far
+        self.busy_seconds = 0.0  # time spent preparing and decoding batches (real-time factor = this / audio)
 
     # -- submitting (any thread) --------------------------------------------------------
 
@@ -274,11 +275,15 @@ class InferenceScheduler:
                 batch = self._take_batch()
                 self._busy = True
                 self._cond.notify_all()  # room for a blocked final submitter
+            started = time.monotonic()
             try:
                 self._decode_batch(batch)
             finally:
                 with self._cond:
                     self._busy = False
+                    self.busy_seconds += time.monotonic() - started
+                    self.batches += 1
+                    self.batch_sizes[sum(len(request.windows) for request in batch)] += 1
                     self._cond.notify_all()
 
     def _take_batch(self) -> list[DecodeRequest]:
@@ -308,7 +313,7 @@ class InferenceScheduler:
         return batch
 
     def _decode_batch(self, batch: list[DecodeRequest]) -> None:
-        from engines.audio import pad_or_trim
+        """Decode one batch and hand every request its outcome."""
         from engines.decoding import DecodingOptions
 
         model = batch[0].lease.model
@@ -317,7 +322,6 @@ class InferenceScheduler:
             for window in request.windows:
                 mels.append(pad_or_trim(model.log_mel(window)))
                 options.append(_options_for(DecodingOptions, request, model))
-        self.batch_sizes[len(mels)] += 1
         backend = model.runner.name
         try:
             results = self._decode(model, np.stack(mels), options)

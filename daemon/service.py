@@ -185,7 +185,7 @@ class Service:
             # Reopen attempts count as motion: a missing microphone is a stream reported down,
             # not a hang that a restart would cure.
             audio=sum(s.blocks + s.reopens for s in stats),
-            inference_done=sum(self.scheduler.batch_sizes.values()),
+            inference_done=self.scheduler.batches,
             inference_waiting=finals + partials,
             summary=self._summary(),
         )
@@ -229,9 +229,9 @@ class Service:
             latencies = sorted(self._counts.latencies)
             audio_s = self._counts.audio_s
         finals, partials = self.scheduler.pending()
-        busy_s = getattr(self.scheduler, "busy_seconds", None)
+        busy_s = self.scheduler.busy_seconds
         return InferenceHealth(
-            real_time_factor=round(busy_s / audio_s, 4) if busy_s is not None and audio_s > 0 else None,
+            real_time_factor=round(busy_s / audio_s, 4) if audio_s > 0 else None,
             latency_p50_s=_percentile(latencies, 0.50),
             latency_p95_s=_percentile(latencies, 0.95),
             queue_depth=finals + partials,

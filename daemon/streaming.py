@@ -6,7 +6,9 @@ first words make those words *stable* (LocalAgreement-2, Macháček et al. 2023,
 whisper_streaming): a word is only trusted once a second, longer look at the audio
 produced it again. Stable text never changes in later partials; the rest is the unstable
 tail. When the utterance ends it is decoded once more, with temperature fallback, and
-exactly one final carries the full transcript.
+exactly one final carries the full transcript. The final is that fresh decode of all the
+audio, so it may still correct a word the partials showed as stable: "stable" promises
+that later partials keep it, and the final is the authoritative text.
 
 Guards against Whisper's known failures on live audio (openai-whisper's rules where they
 exist): too-short utterances are not decoded; a result with a high no-speech probability
@@ -29,7 +31,8 @@ import numpy as np
 
 from daemon.config.transcription import TranscriptionConfig
 from daemon.events import Confidence, TranscriptEvent
-from daemon.scheduler import SAMPLE_RATE, WINDOW_SECONDS, DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler
+from daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler
+from engines.audio import CHUNK_SECONDS, SAMPLE_RATE
 
 if TYPE_CHECKING:
     from daemon.segmenter import Utterance
@@ -108,7 +111,7 @@ def build_prompt(config: TranscriptionConfig, previous_text: str = "") -> str:
     return " ".join(part for part in parts if part)
 
 
-def split_windows(samples: np.ndarray, window_s: float = WINDOW_SECONDS) -> list[np.ndarray]:
+def split_windows(samples: np.ndarray, window_s: float = CHUNK_SECONDS) -> list[np.ndarray]:
     """Cut audio into equal windows of at most 30 s (the segmenter normally keeps utterances
     shorter, so this is one window; equal lengths avoid a tiny last window Whisper misreads)."""
     limit = int(window_s * SAMPLE_RATE)

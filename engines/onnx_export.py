@@ -5,6 +5,9 @@ The graphs follow the contract in docs/architecture.md. The design choices and w
 * Fixed-size self-attention cache ``self_k``/``self_v`` [layers, batch, n_text_ctx, state] plus a
   per-sequence ``offset``: every shape except batch and ``n_tokens`` is static, so TensorRT needs a
   single optimisation profile and the cache lives in one device buffer for a whole 30-s window.
+  The decoder can take that buffer stacked or as one input per layer (``layer_inputs``):
+  ONNX Runtime copies every slice it takes of a stacked input, so a per-layer decoder, fed
+  views of the caller's stacked buffer, skips a full pass over all caches at every step.
   The graph never writes the cache; it returns only the new rows (``new_k``/``new_v``) and the
   caller writes them at ``offset``. Cache rows ``>= offset`` are masked in-graph.
 * Cross-attention keys/values of every decoder layer are projected once per window by the
@@ -39,8 +42,11 @@ LAYER_NORM_EPSILON = 1e-5
 # (a token always sees itself), so no row of all-masked scores can turn into NaN.
 MASK_VALUE = -1e9
 # Key position of an unused cache row: later than any query, so the causal test rejects it.
-NEVER = 1 << 40
+# Fits in int32, which TensorRT may narrow int64 tensors to.
+NEVER = 1 << 30
 EMBEDDING = "decoder.token_embedding.weight"
+# Decoder inputs holding K/V of every layer: stacked, or split into one input per layer.
+CACHE_INPUTS = ("self_k", "self_v", "cross_k", "cross_v")
 LOGITS_WEIGHT = "decoder.logits.weight"  # the int8 decoder's transposed copy of EMBEDDING
 
 
@@ -150,6 +156,11 @@ class _Heads:
     rows_shape: str  # [B, N, H, -1]
 
 
+def layer_input(name: str, layer: int) -> str:
+    """The per-layer decoder input holding ``layer``'s slice of ``name`` (``self_k.0``, ...)."""
+    return f"{name}.{layer}"
+
+
 def _head_mask(n_head: int, d_head: int) -> np.ndarray:
     """[head, state]: 1 where a state column belongs to the head."""
     return np.kron(np.eye(n_head, dtype=np.float32), np.ones((1, d_head), np.float32))
@@ -234,10 +245,10 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs:
     only rewrites MatMul weights), and attention skips the unused cache rows, a data-dependent
     shape TensorRT's single profile would not take.
 
-    ``layer_inputs`` (experimental, not the documented contract) takes one input per layer
-    (``self_k.0`` ... [B, C, d]) instead of stacked tensors: ONNX Runtime copies every slice it
-    takes, so splitting the stacked caches costs a full pass over them at every step, while a
-    caller can pass per-layer views of its one stacked buffer for free.
+    ``layer_inputs`` takes one input per layer (``self_k.0`` ... [B, C, d], see ``layer_input``)
+    instead of stacked tensors: ONNX Runtime copies every slice it takes, so splitting the
+    stacked caches costs a full pass over them at every step, while a caller can pass per-layer
+    views of its one stacked buffer for free.
     """
     dims = weights.dims
     g = _GraphBuilder()
@@ -275,10 +286,10 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs:
     heads = _Heads(n_head, d, g.const(_head_mask(n_head, d_head), np.float32),
                    g.op("Concat", [g.op("Shape", ["tokens"]), g.const([n_head, -1])], axis=0))
     per_layer = {}
-    for name in ("self_k", "self_v", "cross_k", "cross_v"):
+    for name in CACHE_INPUTS:
         trim = used_rows is not None and name.startswith("self")
         if layer_inputs:
-            per_layer[name] = [f"{name}.{i}" for i in range(dims.n_text_layer)]
+            per_layer[name] = [layer_input(name, i) for i in range(dims.n_text_layer)]
             if trim:
                 per_layer[name] = [g.op("Slice", [x, g.const([0]), used_rows, g.const([1])]) for x in per_layer[name]]
             continue
@@ -332,7 +343,7 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs:
     cross_shape = [dims.n_text_layer, "batch", dims.n_audio_ctx, d]
     new_shape = [dims.n_text_layer, "batch", "n_tokens", d]
     if layer_inputs:
-        cache_inputs = [helper.make_tensor_value_info(f"{name}.{i}", TensorProto.FLOAT, shape[1:])
+        cache_inputs = [helper.make_tensor_value_info(layer_input(name, i), TensorProto.FLOAT, shape[1:])
                         for name, shape in (("self_k", cache_shape), ("self_v", cache_shape),
                                             ("cross_k", cross_shape), ("cross_v", cross_shape))
                         for i in range(dims.n_text_layer)]

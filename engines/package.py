@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from engines.errors import ModelPackageError
+from engines.errors import ModelPackageError, ModelSourceError
 from engines.weights import ModelDims, WhisperWeights, file_sha256
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,9 @@ GRAPHS = {  # precision -> (encoder file, decoder file)
 SAMPLE_RATE = 16000
 N_FFT = 400
 REEXPORT_HINT = "re-run edgescribe export"
+# How the decoder graph takes the cache and cross-attention K/V (see docs/architecture.md):
+# "stacked": self_k [n_layer, batch, n_text_ctx, state] ...; "per_layer": self_k.0 [batch, n_text_ctx, state] ...
+DECODER_INPUTS = ("stacked", "per_layer")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class Manifest:
     precision: dict[str, str]  # graph file -> "float32" | "int8"
     files: dict[str, FileEntry]
     created_by: str
+    decoder_inputs: str = "stacked"  # one of DECODER_INPUTS; manifests written before it are stacked
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -93,7 +97,14 @@ class Manifest:
             precision={str(k): str(v) for k, v in data["precision"].items()},
             files={str(k): FileEntry(sha256=str(v["sha256"]), size=int(v["size"])) for k, v in data["files"].items()},
             created_by=str(data["created_by"]),
+            decoder_inputs=_decoder_inputs(data.get("decoder_inputs", "stacked")),
         )
+
+
+def _decoder_inputs(value) -> str:
+    if value not in DECODER_INPUTS:
+        raise ValueError(f"decoder_inputs={value!r}, expected one of {', '.join(DECODER_INPUTS)}")
+    return value
 
 
 @dataclass
@@ -104,6 +115,11 @@ class ModelPackage:
     @property
     def dims(self) -> ModelDims:
         return self.manifest.dims
+
+    @property
+    def layer_inputs(self) -> bool:
+        """True when the decoder takes one cache/cross input per layer (``self_k.0`` ...)."""
+        return self.manifest.decoder_inputs == "per_layer"
 
     @classmethod
     def load(cls, directory: str | Path, verify: bool = True) -> ModelPackage:
@@ -174,13 +190,22 @@ def write_package(
     out_dir: str | Path,
     quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
+    layer_inputs: bool = False,
 ) -> ModelPackage:
-    """Export ``weights`` into a complete package at ``out_dir`` (replacing any old one)."""
+    """Export ``weights`` into a complete package at ``out_dir`` (replacing any old one).
+
+    ``layer_inputs`` exports the decoder with one cache/cross input per layer (manifest
+    ``decoder_inputs: per_layer``) instead of stacked ones.
+    """
     from engines import onnx_export
 
     if quantize not in (None, "int8"):
         raise ValueError(f"unsupported quantization {quantize!r} (supported: int8)")
     out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / MANIFEST).exists())):
+        # Replacing is only safe for a previous package: never wipe a directory the user mistyped.
+        raise ModelPackageError(f"{out_dir}: exists and is not a model package (no {MANIFEST}); "
+                                "choose a new or empty directory")
     say = progress or (lambda message: log.info("%s", message))
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     temp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
@@ -189,10 +214,11 @@ def write_package(
     try:
         precision = {}
         graphs = [("encoder.onnx", "float32", lambda: onnx_export.build_encoder(weights)),
-                  ("decoder.onnx", "float32", lambda: onnx_export.build_decoder(weights))]
+                  ("decoder.onnx", "float32", lambda: onnx_export.build_decoder(weights, layer_inputs=layer_inputs))]
         if quantize == "int8":
             graphs += [("encoder.int8.onnx", "int8", lambda: onnx_export.build_encoder(weights)),
-                       ("decoder.int8.onnx", "int8", lambda: onnx_export.build_decoder(weights, for_int8=True))]
+                       ("decoder.int8.onnx", "int8", lambda: onnx_export.build_decoder(weights, for_int8=True,
+                                                                                           layer_inputs=layer_inputs))]
         for graph_name, graph_precision, build in graphs:
             started = time.monotonic()
             if graph_precision == "int8":
@@ -203,7 +229,7 @@ def write_package(
             say(f"wrote {graph_name} ({_megabytes(temp / graph_name)}, {time.monotonic() - started:.1f} s)")
         (temp / TOKENIZER).write_bytes(weights.tokenizer_json)
         np.save(temp / MEL_FILTERS, mel_filter_bank(weights.dims.n_mels))
-        manifest = build_manifest(weights, temp, precision)
+        manifest = build_manifest(weights, temp, precision, "per_layer" if layer_inputs else "stacked")
         # Written last: a directory with a manifest is a complete package.
         (temp / MANIFEST).write_text(manifest.to_json(), encoding="utf-8")
         _replace_dir(temp, out_dir)
@@ -230,7 +256,8 @@ def _replace_dir(new: Path, target: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def build_manifest(weights: WhisperWeights, directory: Path, precision: dict[str, str]) -> Manifest:
+def build_manifest(weights: WhisperWeights, directory: Path, precision: dict[str, str],
+                   decoder_inputs: str = "stacked") -> Manifest:
     tokens = _added_tokens(weights.tokenizer_json)
     special = special_tokens(tokens)
     multilingual = weights.dims.n_vocab >= 51865
@@ -262,6 +289,7 @@ def build_manifest(weights: WhisperWeights, directory: Path, precision: dict[str
         precision=precision,
         files=files,
         created_by=f"edgescribe {_version()}",
+        decoder_inputs=decoder_inputs,
     )
 
 
@@ -275,7 +303,7 @@ def special_tokens(tokens: dict[str, int]) -> SpecialTokens:
         for name in names:
             if name in tokens:
                 return tokens[name]
-        raise ModelPackageError(f"tokenizer.json has no {names[0]} token; not a Whisper tokenizer?")
+        raise ModelSourceError(f"tokenizer.json has no {names[0]} token; not a Whisper tokenizer?")
 
     no_timestamps = find("<|notimestamps|>")
     return SpecialTokens(

@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("build-engines needs --model and --out (or --config with an engine section)")
     package = ModelPackage.load(package_dir)
     try:
-        profiles(package.dims, options)  # settings the model cannot take fail before the GPU is touched
+        profiles(package.dims, options, package.layer_inputs)  # settings the model cannot take fail before the GPU is touched
     except ValueError as error:
         raise ConfigError(f"build-engines: {error}") from None
     trt = seam.load()
@@ -107,7 +107,7 @@ def build_engines(
     facts = device_facts(trt, system_root)
     log.info("device: %s", facts.describe())
     try:
-        keys = expected_keys(model_sha256(package.dir), facts, options, dims)
+        keys = expected_keys(model_sha256(package.dir), facts, options, dims, package.layer_inputs)
     except ValueError as error:
         raise ConfigError(f"build-engines: {error}") from None
     cache = EngineCache(Path(engine_dir), package.dir.name)
@@ -129,7 +129,9 @@ def build_engines(
         return ValidationOutcome(report.passed, report.lines, report.blamed)
 
     builder = EngineBuilder(
-        cache, trt, keys, lambda graph, precision: recipe(onnx[graph], graph, dims, options, precision), validate, tick_interval
+        cache, trt, keys,
+        lambda graph, precision: recipe(onnx[graph], graph, dims, options, precision, package.layer_inputs),
+        validate, tick_interval,
     )
     with trt.gpu.active():
         return builder.ensure(force=force)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from engines.errors import EdgescribeError
+from engines.onnx_export import CACHE_INPUTS, layer_input
 from engines.tensorrt.engine_cache import GRAPHS, EngineBuildError, EngineCache, EngineKey
 from engines.tensorrt.platform import DeviceFacts
 from engines.tensorrt.seam import NetworkRecipe, Shape
@@ -26,7 +27,28 @@ log = logging.getLogger(__name__)
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 # Tensors that only ever live on the device: fp16 halves the K/V cache's memory and bandwidth.
 # mel in and logits out stay fp32 (the host converts nothing, and greedy picks see full precision).
+# A per-layer decoder's K/V inputs (self_k.0, ...) are added by ``half_io``.
 HALF_IO = ("cross_k", "cross_v", "self_k", "self_v", "new_k", "new_v")
+
+
+@dataclass(frozen=True)
+class KVInput:
+    """One decoder input holding K/V: ``source`` of every layer stacked, or of ``layer`` only."""
+
+    tensor: str  # the input's name in the graph and engine
+    source: str  # "self_k", "self_v", "cross_k" or "cross_v": the stacked buffer it reads
+    layer: Optional[int]  # None when the input is the whole stacked buffer
+
+
+def kv_inputs(layers: int, layer_inputs: bool) -> list[KVInput]:
+    """The decoder's K/V inputs under either graph layout (the manifest's ``decoder_inputs``)."""
+    if not layer_inputs:
+        return [KVInput(name, name, None) for name in CACHE_INPUTS]
+    return [KVInput(layer_input(name, layer), name, layer) for name in CACHE_INPUTS for layer in range(layers)]
+
+
+def half_io(dims, layer_inputs: bool) -> tuple[str, ...]:
+    return HALF_IO + tuple(kv.tensor for kv in kv_inputs(dims.n_text_layer, layer_inputs) if kv.layer is not None)
 
 
 @dataclass(frozen=True)
@@ -57,11 +79,12 @@ class ValidationOutcome:
 Validator = Callable[[], ValidationOutcome]
 
 
-def profiles(dims, options: BuildOptions) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
+def profiles(dims, options: BuildOptions, layer_inputs: bool) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
     """(min, opt, max) shapes per graph input: batch 1..max_batch, tokens 1..max_prompt_tokens.
 
     The opt point is batch 1 and one token: one active speaker decoding token by token is the
-    common case, and it is the per-token step whose latency a listener notices.
+    common case, and it is the per-token step whose latency a listener notices. With
+    ``layer_inputs`` the decoder has one K/V input per layer (one layer's slice of the shape).
     """
     if options.max_prompt_tokens > dims.n_text_ctx:
         raise ValueError(f"max_prompt_tokens {options.max_prompt_tokens} exceeds the model's text context {dims.n_text_ctx}")
@@ -71,23 +94,19 @@ def profiles(dims, options: BuildOptions) -> dict[str, dict[str, tuple[Shape, Sh
     def batched(shape: Callable[[int], Shape]) -> tuple[Shape, Shape, Shape]:
         return shape(1), shape(1), shape(hi)
 
-    cross = batched(lambda b: (layers, b, audio, state))
-    cache = batched(lambda b: (layers, b, ctx, state))
-    return {
-        "encoder": {"mel": batched(lambda b: (b, dims.n_mels, 3000))},
-        "decoder": {
-            "tokens": ((1, 1), (1, 1), (hi, n)),
-            "offset": batched(lambda b: (b,)),
-            "self_k": cache,
-            "self_v": cache,
-            "cross_k": cross,
-            "cross_v": cross,
-        },
-    }
+    def kv_shape(kv: KVInput) -> tuple[Shape, Shape, Shape]:
+        rows = ctx if kv.source.startswith("self") else audio
+        stacked = (layers,) if kv.layer is None else ()
+        return batched(lambda b: (*stacked, b, rows, state))
+
+    decoder = {"tokens": ((1, 1), (1, 1), (hi, n)), "offset": batched(lambda b: (b,))}
+    decoder |= {kv.tensor: kv_shape(kv) for kv in kv_inputs(layers, layer_inputs)}
+    return {"encoder": {"mel": batched(lambda b: (b, dims.n_mels, 3000))}, "decoder": decoder}
 
 
-def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, dims) -> dict[str, EngineKey]:
-    shapes = profiles(dims, options)
+def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, dims,
+                  layer_inputs: bool) -> dict[str, EngineKey]:
+    shapes = profiles(dims, options, layer_inputs)
     return {
         graph: EngineKey(
             graph=graph,
@@ -103,16 +122,16 @@ def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, 
     }
 
 
-def recipe(onnx_path, graph: str, dims, options: BuildOptions, precision: str) -> NetworkRecipe:
+def recipe(onnx_path, graph: str, dims, options: BuildOptions, precision: str, layer_inputs: bool) -> NetworkRecipe:
     """``precision`` is this graph's compute precision; K/V I/O follows the *requested* one,
     so an encoder built fp16 and a decoder that fell back to fp32 still exchange fp16 K/V."""
     half = options.precision == "fp16"
     return NetworkRecipe(
         onnx_path=onnx_path,
-        profile=profiles(dims, options)[graph],
+        profile=profiles(dims, options, layer_inputs)[graph],
         fp16=precision == "fp16",
         fp32_layer_types=FP32_LAYER_TYPES if precision == "fp16" else (),
-        half_io=HALF_IO if half else (),
+        half_io=half_io(dims, layer_inputs) if half else (),
         workspace_bytes=options.workspace_mb << 20,
     )
 

@@ -4,9 +4,11 @@ Per 30-s window the mel goes up once and the cross-attention K/V stay on the dev
 decoding step only the tokens (a few bytes) go up and the logits come down. The decoder
 returns each step's new self-attention K/V in a scratch buffer and the runner copies them
 into the caller's cache at each row's offset with strided device-to-device copies, so the
-cache never leaves the GPU. Buffers are sized from the engines' own tensor shapes and dtypes
-(name-based TensorRT 10 API), so fp16 K/V engines and fp32 ones run through the same code;
-the host converts only mel (in) and logits (out).
+cache never leaves the GPU. A decoder exported with one K/V input per layer (``self_k.0``, ...)
+reads the same stacked buffers: each input is bound at its layer's offset into them, so there
+is still one cache buffer per window and one optimisation profile. Buffers are sized from the
+engines' own tensor shapes and dtypes (name-based TensorRT 10 API), so fp16 K/V engines and
+fp32 ones run through the same code; the host converts only mel (in) and logits (out).
 
 All GPU calls go through ``engines.tensorrt.seam``.
 """
@@ -19,16 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from engines.onnx_export import layer_input
+from engines.tensorrt.builder import KVInput, kv_inputs
 from engines.tensorrt.engine_cache import EngineBuildError, EngineCache
 from engines.tensorrt.seam import DeviceBuffer, Shape
 
 log = logging.getLogger(__name__)
 
 ENCODER_IO = {"mel": True, "cross_k": False, "cross_v": False}  # name -> is_input
-DECODER_IO = {
-    "tokens": True, "offset": True, "self_k": True, "self_v": True, "cross_k": True, "cross_v": True,
-    "logits": False, "new_k": False, "new_v": False,
-}
+# IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment."
+ADDRESS_ALIGNMENT = 256
+DECODER_OWN_IO = {"tokens": True, "offset": True, "logits": False, "new_k": False, "new_v": False}
+
+
+def decoder_io(kv: list[KVInput]) -> dict[str, bool]:
+    return DECODER_OWN_IO | {item.tensor: True for item in kv}
 
 
 @dataclass
@@ -116,24 +123,32 @@ class TensorRTRunner:
             self._encoder = self._deserialize(trt, encoder_plan, where["encoder"])
             self._decoder = self._deserialize(trt, decoder_plan, where["decoder"])
             enc = _check_io(self._encoder, ENCODER_IO, where["encoder"])
-            dec = _check_io(self._decoder, DECODER_IO, where["decoder"])
-            self.kv_dtype = self._shared_kv_dtype(enc, dec, where)
+            # The engine's own inputs say how it takes K/V: built from a stacked or a per-layer graph.
+            names = {spec.name for spec in self._decoder.tensors}
+            self.layer_inputs = "self_k" not in names and layer_input("self_k", 0) in names
+            self._kv = kv_inputs(dims.n_text_layer, self.layer_inputs)
+            dec = _check_io(self._decoder, decoder_io(self._kv), where["decoder"])
+            self.kv_dtype = self._shared_kv_dtype(enc, dec, self._kv, where)
+            if self.layer_inputs:
+                self._check_layer_alignment(where["decoder"])
             self.max_batch = min(self._encoder.profile_max("mel")[0], self._decoder.profile_max("tokens")[0])
             self.max_tokens = self._decoder.profile_max("tokens")[1]
             self._enc_ctx = self._encoder.create_context()
             self._dec_ctx = self._decoder.create_context()
             self._stream = gpu.stream()
             self._device, self._host = self._allocate(enc, dec)
+        self._bound_kv: tuple = ()  # (batch, buffer addresses) the decoder's K/V inputs are bound to
         log.info(
-            "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s",
+            "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s, %s decoder inputs",
             self.max_batch, self.max_tokens, np.dtype(self.kv_dtype).name,
+            "per-layer" if self.layer_inputs else "stacked",
         )
 
     @staticmethod
-    def _shared_kv_dtype(enc, dec, where: dict[str, str]) -> np.dtype:
+    def _shared_kv_dtype(enc, dec, kv: list[KVInput], where: dict[str, str]) -> np.dtype:
         """The cross K/V go from encoder to decoder and the cache from step to step untouched,
         so every K/V tensor of both engines must have one dtype."""
-        names = ("cross_k", "cross_v", "self_k", "self_v", "new_k", "new_v")
+        names = ("new_k", "new_v", *(item.tensor for item in kv))
         dtypes = {enc["cross_k"].dtype, enc["cross_v"].dtype} | {dec[name].dtype for name in names}
         if len(dtypes) != 1:
             raise EngineBuildError(
@@ -142,13 +157,27 @@ class TensorRTRunner:
             )
         return dtypes.pop()
 
+    def _check_layer_alignment(self, where: str) -> None:
+        """Per-layer inputs start ``layer * batch * rows * state`` items into their buffer; every
+        Whisper width is a multiple of 128, so in fp16 or fp32 that is 256-byte aligned. Say so
+        plainly should a model ever break that, rather than let TensorRT reject an address."""
+        dims, itemsize = self._dims, np.dtype(self.kv_dtype).itemsize
+        for rows in (dims.n_text_ctx, dims.n_audio_ctx):
+            if (rows * dims.n_text_state * itemsize) % ADDRESS_ALIGNMENT:
+                raise EngineBuildError(
+                    f"{where}: per-layer K/V inputs of {rows} x {dims.n_text_state} {np.dtype(self.kv_dtype).name} "
+                    f"cannot start {ADDRESS_ALIGNMENT}-byte aligned in one stacked buffer; "
+                    "export it with stacked decoder inputs (write_package(layer_inputs=False))"
+                )
+
     def _allocate(self, enc, dec) -> tuple[dict[str, DeviceBuffer], dict[str, np.ndarray]]:
         """Device buffers for the tensors the runner owns, and pinned host twins for those that cross.
 
         Sized at the profile maximum from the shapes the contexts derive for it: the engines
         report outputs with dynamic (-1) dimensions.
         """
-        for context, engine, io in ((self._enc_ctx, self._encoder, ENCODER_IO), (self._dec_ctx, self._decoder, DECODER_IO)):
+        for context, engine, io in ((self._enc_ctx, self._encoder, ENCODER_IO),
+                                    (self._dec_ctx, self._decoder, decoder_io(self._kv))):
             for name, is_input in io.items():
                 if is_input:
                     context.set_input_shape(name, engine.profile_max(name))
@@ -239,23 +268,11 @@ class TensorRTRunner:
             gpu.upload(self._device["tokens"].ptr, host_tokens, stream)
             gpu.upload(self._device["offset"].ptr, host_offsets, stream)
 
-            shapes = {
-                "tokens": (batch, n),
-                "offset": (batch,),
-                "self_k": (layers, batch, dims.n_text_ctx, state),
-                "self_v": (layers, batch, dims.n_text_ctx, state),
-                "cross_k": (layers, batch, dims.n_audio_ctx, state),
-                "cross_v": (layers, batch, dims.n_audio_ctx, state),
-            }
-            for name, shape in shapes.items():
-                ctx.set_input_shape(name, shape)
-            addresses = {
-                "tokens": self._device["tokens"].ptr, "offset": self._device["offset"].ptr,
-                "self_k": cache.k.ptr, "self_v": cache.v.ptr, "cross_k": cross.k.ptr, "cross_v": cross.v.ptr,
-                "logits": self._device["logits"].ptr, "new_k": self._device["new_k"].ptr, "new_v": self._device["new_v"].ptr,
-            }
-            for name, ptr in addresses.items():
-                ctx.set_address(name, ptr)
+            ctx.set_input_shape("tokens", (batch, n))
+            ctx.set_input_shape("offset", (batch,))
+            self._bind_kv(cache, cross, batch)
+            for name in ("tokens", "offset", "logits", "new_k", "new_v"):
+                ctx.set_address(name, self._device[name].ptr)
             ctx.execute(stream)
 
             # Same stream: these copies run after the decoder finished reading the cache.
@@ -269,6 +286,30 @@ class TensorRTRunner:
             gpu.download(host_logits, self._device["logits"].ptr, stream)
             stream.synchronize()
             return host_logits.astype(np.float32, copy=True)
+
+    def _bind_kv(self, cache: DeviceCache, cross: DeviceCrossKV, batch: int) -> None:
+        """Bind the K/V inputs to ``cache`` and ``cross``: a per-layer input at its layer's offset.
+
+        Contexts keep shapes and addresses between runs, so binding is redone only when the
+        buffers or the batch change (once per window, not per token: a large model has
+        over a hundred per-layer inputs).
+        """
+        buffers = {"self_k": cache.k, "self_v": cache.v, "cross_k": cross.k, "cross_v": cross.v}
+        bound = (batch, *(buffer.ptr for buffer in buffers.values()))
+        if bound == self._bound_kv:
+            return
+        dims = self._dims
+        for kv in self._kv:
+            rows = dims.n_text_ctx if kv.source.startswith("self") else dims.n_audio_ctx
+            layer_shape = (batch, rows, dims.n_text_state)
+            if kv.layer is None:
+                self._dec_ctx.set_input_shape(kv.tensor, (dims.n_text_layer, *layer_shape))
+                self._dec_ctx.set_address(kv.tensor, buffers[kv.source].ptr)
+            else:
+                self._dec_ctx.set_input_shape(kv.tensor, layer_shape)
+                offset = kv.layer * _nbytes(layer_shape, self.kv_dtype)
+                self._dec_ctx.set_address(kv.tensor, buffers[kv.source].ptr + offset)
+        self._bound_kv = bound
 
     # -- for validation and measurement -----------------------------------------------
 

@@ -19,6 +19,7 @@ from daemon.streaming import StreamTranscriber
 from engines.audio import load_audio
 from engines.scoring import corpus_counts
 from engines.transcribe import TranscribeOptions, transcribe
+from tests.fixtures.models import tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
     Collected,
     check_transcript_invariants,
@@ -27,10 +28,9 @@ from tests.fixtures.streaming import (  # noqa: F401
     run_synchronously,
     segmenter_for,
     spoken_stream,
-    tiny_model,
-    tiny_package,
     write_wav,
 )
+from tests.fixtures.whisper_models import tiny_en_model  # noqa: F401
 
 SNRS = (None, 20.0, 10.0, 5.0)  # None: clean
 MACHINES = ("fan", "pump", "slider", "valve")
@@ -55,19 +55,19 @@ def _stream_finals(model, wav: Path) -> Collected:
 
 
 @pytest.mark.slow
-def test_wer_per_snr_in_factory_noise(corpus, tmp_path, tiny_model, factory_noise):
+def test_wer_per_snr_in_factory_noise(corpus, tmp_path, tiny_en_model, factory_noise):
     spoken = spoken_stream(corpus)
     rows = {}
     for snr in SNRS:
         label = "clean" if snr is None else f"{snr:g} dB"
         wav = write_wav(tmp_path / f"mic_{label.replace(' ', '')}.wav", mix_at_snr(spoken.samples, factory_noise, snr))
-        events = _stream_finals(tiny_model, wav)
+        events = _stream_finals(tiny_en_model, wav)
         check_transcript_invariants(events.transcripts())
         hypotheses = spoken.hypotheses(events.finals())
         streaming = corpus_counts((spoken.references[k], hypotheses.get(k, "")) for k in spoken.references)
         invented = [text for key, text in hypotheses.items() if key not in spoken.references]
         # the same audio transcribed offline (30-s windows, conditioned on earlier text)
-        offline_text = transcribe(tiny_model, wav, TranscribeOptions(language="en")).text
+        offline_text = transcribe(tiny_en_model, wav, TranscribeOptions(language="en")).text
         offline = corpus_counts([(" ".join(spoken.references.values()), offline_text)])
         rows[label] = (streaming, offline, invented)
 
@@ -92,9 +92,9 @@ def test_wer_per_snr_in_factory_noise(corpus, tmp_path, tiny_model, factory_nois
     assert not rows["clean"][2] and not rows["10 dB"][2], "text where there was only noise"
 
 
-def test_factory_noise_alone_gives_no_transcript(tmp_path, tiny_model, factory_noise):
+def test_factory_noise_alone_gives_no_transcript(tmp_path, tiny_en_model, factory_noise):
     # as loud as the noise in the 5 dB condition for typical read speech (-20 dBFS)
     loud = factory_noise * (10 ** (-25 / 20) / np.sqrt(np.mean(np.square(factory_noise))))
     wav = write_wav(tmp_path / "noise.wav", np.clip(loud, -1, 1).astype(np.float32))
-    events = _stream_finals(tiny_model, wav)
+    events = _stream_finals(tiny_en_model, wav)
     assert [e.text for e in events.finals() if e.text] == []

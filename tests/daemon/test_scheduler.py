@@ -22,6 +22,7 @@ from daemon.streaming import StreamTranscriber, consume
 from engines.audio import load_audio
 from engines.decoding import decode
 from engines.scoring import corpus_counts, read_transcripts, wer
+from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
     THREADS,
     Collected,
@@ -29,21 +30,18 @@ from tests.fixtures.streaming import (  # noqa: F401
     engines_for,
     segmenter_for,
     spoken_stream,
-    tiny_model,
-    tiny_package,
     write_wav,
 )
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.fixtures.whisper_models import tiny_en_model  # noqa: F401
 
 
 def _request(lease, key, audio, final=True, done=None):
     return DecodeRequest(key=key, final=final, windows=[audio], lease=lease, on_done=done or (lambda outcome: None))
 
 
-def test_windows_of_several_streams_ready_at_once_are_decoded_as_one_batch(corpus, tiny_model):
+def test_windows_of_several_streams_ready_at_once_are_decoded_as_one_batch(corpus, tiny_en_model):
     references = read_transcripts(corpus / "en" / "transcripts.tsv")
-    engines = engines_for(tiny_model)
+    engines = engines_for(tiny_en_model)
     outcomes = Collected()
     scheduler = InferenceScheduler(max_batch=4)
     keys = ["jfk_inaugural_1961", "ls_1089-134691-0000", "arctic_axb_a0004"]
@@ -61,8 +59,8 @@ def test_windows_of_several_streams_ready_at_once_are_decoded_as_one_batch(corpu
         assert wer(references[key], texts[key]) < 0.2, (key, texts[key])
 
 
-def test_finals_go_first_and_a_newer_partial_replaces_a_queued_one(corpus, tiny_model):
-    engines = engines_for(tiny_model)
+def test_finals_go_first_and_a_newer_partial_replaces_a_queued_one(corpus, tiny_en_model):
+    engines = engines_for(tiny_en_model)
     audio = load_audio(corpus / "en" / "ls_1089-134691-0000.wav")
     order = []
 
@@ -85,8 +83,8 @@ def test_finals_go_first_and_a_newer_partial_replaces_a_queued_one(corpus, tiny_
     assert order == [("c", True, audio.size, 2), ("d", True, audio.size, 2), ("b", False, 16000, 2), ("a", False, 24000, 2)]
 
 
-def test_a_final_waits_while_the_queue_of_finals_is_full(corpus, tiny_model):
-    engines = engines_for(tiny_model)
+def test_a_final_waits_while_the_queue_of_finals_is_full(corpus, tiny_en_model):
+    engines = engines_for(tiny_en_model)
     audio = load_audio(corpus / "en" / "ls_1089-134691-0000.wav")
     scheduler = InferenceScheduler(max_batch=1, max_pending_finals=2)
     lease = engines.lease()
@@ -102,8 +100,8 @@ def test_a_final_waits_while_the_queue_of_finals_is_full(corpus, tiny_model):
         scheduler.stop()
 
 
-def test_a_failing_decode_is_reported_to_the_request_and_the_worker_carries_on(corpus, tiny_model):
-    engines = engines_for(tiny_model)
+def test_a_failing_decode_is_reported_to_the_request_and_the_worker_carries_on(corpus, tiny_en_model):
+    engines = engines_for(tiny_en_model)
     audio = load_audio(corpus / "en" / "ls_1089-134691-0000.wav")
     calls = []
 
@@ -130,7 +128,7 @@ def test_a_failing_decode_is_reported_to_the_request_and_the_worker_carries_on(c
 # -- several microphones through one engine -------------------------------------------------
 
 
-def test_several_streams_are_batched_through_one_engine_and_each_gets_its_own_transcript(corpus, tmp_path, tiny_model):
+def test_several_streams_are_batched_through_one_engine_and_each_gets_its_own_transcript(corpus, tmp_path, tiny_en_model):
     groups = {
         "line1": ("jfk_inaugural_1961", "arctic_axb_a0004"),
         "line2": ("ls_1089-134686-0000", "ls_3005-163389-0002"),
@@ -145,7 +143,7 @@ def test_several_streams_are_batched_through_one_engine_and_each_gets_its_own_tr
     events = Collected()
     scheduler = InferenceScheduler(max_batch=4, decode=counting)
     scheduler.start()
-    engines = engines_for(tiny_model)
+    engines = engines_for(tiny_en_model)
     stop = threading.Event()
     spoken, captures, threads = {}, [], []
     for name, ids in groups.items():
@@ -183,21 +181,14 @@ def test_several_streams_are_batched_through_one_engine_and_each_gets_its_own_tr
 # -- switching models between utterances ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def base_dir():
-    directory = REPO / "var" / "pkg" / "base"
-    if not (directory / "manifest.json").is_file():
-        pytest.skip(f"multilingual base package not built at {directory} (edgescribe export base)")
-    return directory
-
-
 def _utterance(stream, key, audio, ended, start=0.0):
     return Utterance(stream, key, start, 1_700_000_000.0 + start, audio, ended)
 
 
-def test_serving_switches_from_tiny_to_base_between_utterances(corpus, tiny_package, base_dir):  # noqa: F811
+def test_serving_switches_from_tiny_to_base_between_utterances(corpus, tiny_en_package, base_package):  # noqa: F811
     from engines.model import load_model
 
+    base_dir = base_package.dir
     upgrade_may_finish = threading.Event()
 
     def load(path):
@@ -207,7 +198,7 @@ def test_serving_switches_from_tiny_to_base_between_utterances(corpus, tiny_pack
         return model
 
     events = Collected()
-    engines = EngineManager(load, tiny_package.dir, base_dir, emit=events)
+    engines = EngineManager(load, tiny_en_package.dir, base_dir, emit=events)
     scheduler = InferenceScheduler(max_batch=4)
     scheduler.start()
     try:
@@ -234,7 +225,7 @@ def test_serving_switches_from_tiny_to_base_between_utterances(corpus, tiny_pack
     assert [m.name for m in engines.loaded_models()] == ["base"]  # tiny.en released after u1
 
 
-def test_an_upgrade_that_fails_to_load_keeps_the_serving_model(tmp_path, tiny_model, caplog):
+def test_an_upgrade_that_fails_to_load_keeps_the_serving_model(tmp_path, tiny_en_model, caplog):
     events = Collected()
     broken = tmp_path / "base"
     broken.mkdir()
@@ -244,24 +235,24 @@ def test_an_upgrade_that_fails_to_load_keeps_the_serving_model(tmp_path, tiny_mo
             from engines.model import load_model
 
             return load_model(path)  # raises ModelPackageError: no manifest
-        return tiny_model
+        return tiny_en_model
 
-    engines = EngineManager(load, tiny_model.package.dir, broken, emit=events)
+    engines = EngineManager(load, tiny_en_model.package.dir, broken, emit=events)
     engines.start()
     assert engines.switched.wait(60)
     engines.stop()
-    assert engines.current is tiny_model
+    assert engines.current is tiny_en_model
     assert [e.action for e in events.of_type(ModelEvent)] == ["loaded"]
     assert "failed to load" in caplog.text and str(broken) in caplog.text
 
 
-def test_the_daemon_configuration_names_the_packages_and_how_they_run(tiny_package):  # noqa: F811
+def test_the_daemon_configuration_names_the_packages_and_how_they_run(tiny_en_package):  # noqa: F811
     from daemon.config.engine import EngineConfig
     from daemon.config.transcription import ModelsConfig
 
     events = Collected()
     engines = EngineManager.from_config(
-        ModelsConfig(serving=tiny_package.dir), EngineConfig(backend="onnxruntime", threads=THREADS), events
+        ModelsConfig(serving=tiny_en_package.dir), EngineConfig(backend="onnxruntime", threads=THREADS), events
     )
     engines.start()
     engines.stop()

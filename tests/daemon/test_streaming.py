@@ -34,6 +34,7 @@ from engines.audio import load_audio
 from engines.decoding import compression_ratio, decode
 from engines.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.alsa import SPEECH_FILE, AlsaDevices, alsa_devices  # noqa: F401
+from tests.fixtures.models import tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
     Collected,
     check_transcript_invariants,
@@ -41,10 +42,9 @@ from tests.fixtures.streaming import (  # noqa: F401
     run_synchronously,
     segmenter_for,
     spoken_stream,
-    tiny_model,
-    tiny_package,
     write_wav,
 )
+from tests.fixtures.whisper_models import tiny_en_model  # noqa: F401
 
 
 def load_audio_file(corpus: Path, key: str) -> np.ndarray:
@@ -147,12 +147,12 @@ def scheduler():
     worker.stop(timeout=60)
 
 
-def test_corpus_speech_gives_partials_then_one_final_per_utterance(corpus, tmp_path, tiny_model, scheduler):
+def test_corpus_speech_gives_partials_then_one_final_per_utterance(corpus, tmp_path, tiny_en_model, scheduler):
     # four files (29 s): every update is decoded, so this is the slowest test here
     spoken = spoken_stream(corpus, ("jfk_inaugural_1961", "ls_1089-134686-0000", "arctic_axb_a0004", "ls_3005-163389-0002"))
     wav = write_wav(tmp_path / "mic.wav", spoken.samples)
     events = Collected()
-    transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_model), events)
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_en_model), events)
 
     run_synchronously(wav, transcriber, scheduler, segmenter_for("mic"))
 
@@ -206,11 +206,11 @@ def _run_pipeline(capture, transcriber, timeout_s=300.0):
     assert not worker.is_alive(), "the stream did not finish in time"
 
 
-def test_speech_from_a_real_alsa_pcm_is_transcribed(corpus, alsa_devices: AlsaDevices, tiny_model, scheduler):
+def test_speech_from_a_real_alsa_pcm_is_transcribed(corpus, alsa_devices: AlsaDevices, tiny_en_model, scheduler):
     events = Collected()
     source = FileLengthAlsaSource("speech16k", len(alsa_devices.speech16k), period_s=0.1)
     capture = CaptureStream(StreamConfig(name="alsa", device="speech16k"), CaptureOptions(buffer_s=60.0), events, source=source)
-    transcriber = StreamTranscriber("alsa", TranscriptionConfig(), scheduler, engines_for(tiny_model), events)
+    transcriber = StreamTranscriber("alsa", TranscriptionConfig(), scheduler, engines_for(tiny_en_model), events)
     _run_pipeline(capture, transcriber)
     assert scheduler.wait_idle(120)
 
@@ -221,7 +221,7 @@ def test_speech_from_a_real_alsa_pcm_is_transcribed(corpus, alsa_devices: AlsaDe
     assert not events.of_type(GapEvent)
 
 
-def test_a_stalled_engine_makes_the_ring_buffer_overflow_and_a_gap_is_reported(corpus, tmp_path, tiny_model):
+def test_a_stalled_engine_makes_the_ring_buffer_overflow_and_a_gap_is_reported(corpus, tmp_path, tiny_en_model):
     release = threading.Event()
     decoded = []
 
@@ -238,7 +238,7 @@ def test_a_stalled_engine_makes_the_ring_buffer_overflow_and_a_gap_is_reported(c
     # 10x real time: the segmenter keeps up easily (no gap without the stall, see the
     # ALSA and multi-stream tests), and a 1-s ring buffer fills in 0.1 s once it is held back
     capture = CaptureStream(StreamConfig(name="mic", file=str(wav), speed=10.0), CaptureOptions(buffer_s=1.0), events)
-    transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_model), events)
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_en_model), events)
     pipeline = threading.Thread(target=_run_pipeline, args=(capture, transcriber), daemon=True)
     try:
         pipeline.start()
@@ -270,21 +270,21 @@ def test_a_stalled_engine_makes_the_ring_buffer_overflow_and_a_gap_is_reported(c
 # -- guards and prompts, on real decodes ----------------------------------------------------
 
 
-def _final_of(tiny_model, scheduler, config, *utterances):
+def _final_of(tiny_en_model, scheduler, config, *utterances):
     events = Collected()
-    transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_model), events)
+    transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_en_model), events)
     for utterance in utterances:
         transcriber.push(utterance)
     assert scheduler.wait_idle(120)
     return events
 
 
-def test_hotwords_and_initial_prompt_steer_spelling(corpus, tiny_model, scheduler):
+def test_hotwords_and_initial_prompt_steer_spelling(corpus, tiny_en_model, scheduler):
     audio = load_audio_file(corpus, "lj_LJ001-0007")  # "... the Gutenberg, or forty-two line Bible ..."
     ended = Utterance("mic", "u1", 0.0, 0.0, audio, True)
-    plain = _final_of(tiny_model, scheduler, TranscriptionConfig(), ended).finals()[0].text
-    hot = _final_of(tiny_model, scheduler, TranscriptionConfig(hotwords=["Gutenberg"]), ended).finals()[0].text
-    prompted = _final_of(tiny_model, scheduler, TranscriptionConfig(initial_prompt="The Gutenberg Bible."), ended).finals()[0].text
+    plain = _final_of(tiny_en_model, scheduler, TranscriptionConfig(), ended).finals()[0].text
+    hot = _final_of(tiny_en_model, scheduler, TranscriptionConfig(hotwords=["Gutenberg"]), ended).finals()[0].text
+    prompted = _final_of(tiny_en_model, scheduler, TranscriptionConfig(initial_prompt="The Gutenberg Bible."), ended).finals()[0].text
     assert "Gutenberg" not in plain  # tiny.en alone writes "Gudenberg"
     assert "Gutenberg" in hot and "Gutenberg" in prompted
 
@@ -306,13 +306,13 @@ def _looping_at(temperatures_that_loop, seen):
     return decode_with_loops
 
 
-def test_a_repetition_loop_is_decoded_again_hotter_and_kept_once_it_reads_well(corpus, tiny_model):
+def test_a_repetition_loop_is_decoded_again_hotter_and_kept_once_it_reads_well(corpus, tiny_en_model):
     seen = []
     scheduler = InferenceScheduler(decode=_looping_at({0.0}, seen))
     scheduler.start()
     try:
         audio = load_audio_file(corpus, "ls_1089-134691-0000")
-        events = _final_of(tiny_model, scheduler, TranscriptionConfig(partials=False), Utterance("mic", "u1", 0.0, 0.0, audio, True))
+        events = _final_of(tiny_en_model, scheduler, TranscriptionConfig(partials=False), Utterance("mic", "u1", 0.0, 0.0, audio, True))
     finally:
         scheduler.stop()
     assert seen == [0.0, 0.2]
@@ -320,21 +320,21 @@ def test_a_repetition_loop_is_decoded_again_hotter_and_kept_once_it_reads_well(c
     assert "longer" in final.text.lower() and final.confidence.temperature == 0.2
 
 
-def test_a_result_that_loops_at_every_temperature_is_dropped(corpus, tiny_model):
+def test_a_result_that_loops_at_every_temperature_is_dropped(corpus, tiny_en_model):
     seen = []
     config = TranscriptionConfig(partials=False)
     scheduler = InferenceScheduler(decode=_looping_at(set(config.temperatures), seen))
     scheduler.start()
     try:
         audio = load_audio_file(corpus, "ls_1089-134691-0000")
-        events = _final_of(tiny_model, scheduler, config, Utterance("mic", "u1", 0.0, 0.0, audio, True))
+        events = _final_of(tiny_en_model, scheduler, config, Utterance("mic", "u1", 0.0, 0.0, audio, True))
     finally:
         scheduler.stop()
     assert seen == config.temperatures
     assert events.finals() == []  # nothing was published for it, so no final is owed
 
 
-def test_utterances_shorter_than_min_speech_are_not_decoded(corpus, tiny_model):
+def test_utterances_shorter_than_min_speech_are_not_decoded(corpus, tiny_en_model):
     calls = []
 
     def counting(model, mel, options):
@@ -345,22 +345,40 @@ def test_utterances_shorter_than_min_speech_are_not_decoded(corpus, tiny_model):
     scheduler.start()
     try:
         audio = load_audio_file(corpus, "ls_1089-134691-0000")[: int(0.25 * 16000)]
-        events = _final_of(tiny_model, scheduler, TranscriptionConfig(min_speech_s=0.3), Utterance("mic", "u1", 0.0, 0.0, audio, True))
+        events = _final_of(tiny_en_model, scheduler, TranscriptionConfig(min_speech_s=0.3), Utterance("mic", "u1", 0.0, 0.0, audio, True))
     finally:
         scheduler.stop()
     assert calls == [] and events.events == []
 
 
-def test_words_repeated_across_a_cut_are_removed_only_at_a_cut(corpus, tiny_model, scheduler):
+def test_words_repeated_across_a_cut_are_removed_only_at_a_cut(corpus, tiny_en_model, scheduler):
     reference = read_transcripts(corpus / "en" / "transcripts.tsv")["jfk_inaugural_1961"]
     audio = load_audio_file(corpus, "jfk_inaugural_1961")
     cut, overlap = int(7.0 * 16000), int(0.6 * 16000)  # "... can do | for you ask what ..."
     head = Utterance("mic", "u1", 0.0, 0.0, audio[: cut + overlap], True)  # ends after "for you"
     # the next utterance starts where the previous one was cut, yet hears "for you" again
     at_cut = Utterance("mic", "u2", head.audio_end, head.audio_end, audio[cut:], True)
-    joined = " ".join(e.text for e in _final_of(tiny_model, scheduler, TranscriptionConfig(), head, at_cut).finals())
+    joined = " ".join(e.text for e in _final_of(tiny_en_model, scheduler, TranscriptionConfig(), head, at_cut).finals())
     assert wer(reference, joined) < 0.05, joined
     # after a pause it is new speech: repeating the same words is what was said
     after_pause = Utterance("mic", "u2", head.audio_end + 1.0, head.audio_end + 1.0, audio[cut:], True)
-    joined = " ".join(e.text for e in _final_of(tiny_model, scheduler, TranscriptionConfig(), head, after_pause).finals())
+    joined = " ".join(e.text for e in _final_of(tiny_en_model, scheduler, TranscriptionConfig(), head, after_pause).finals())
     assert wer(reference, joined) > 0.05, joined
+
+
+def test_partials_are_skipped_while_finals_wait_and_no_final_is_dropped(corpus, tiny_en_model):
+    audio = load_audio_file(corpus, "ls_1089-134691-0000")
+    events = Collected()
+    scheduler = InferenceScheduler(max_batch=2)  # not started yet: inference is "behind"
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_en_model), events)
+    for number in range(3):  # three utterances ended and are waiting for inference
+        transcriber.push(Utterance("mic", f"u{number}", 3.0 * number, 3.0 * number, audio, True))
+    transcriber.push(Utterance("mic", "u3", 9.0, 9.0, audio[:16000], False))
+    assert scheduler.pending() == (3, 0) and transcriber.skipped_partials == 1
+    scheduler.start()
+    try:
+        assert scheduler.wait_idle(120)
+    finally:
+        scheduler.stop()
+    assert [e.utterance_id for e in events.finals()] == ["u0", "u1", "u2"]
+    assert all("longer" in e.text.lower() for e in events.finals())

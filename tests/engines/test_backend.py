@@ -15,7 +15,7 @@ from engines.tensorrt.build_command import build_engines
 from engines.tensorrt.builder import BuildOptions
 from engines.tensorrt.platform import read_l4t_release
 from engines.tensorrt.runner import TensorRTRunner
-from tests.fixtures.fake_tensorrt import FakeTensorRT
+from tests.fixtures.fake_tensorrt import FakeTensorRT, tiny_per_layer_package  # noqa: F401 (fixture)
 from tests.fixtures.model_package import onnx_sessions, tiny_package  # noqa: F401 (fixtures)
 
 # First lines of /etc/nv_tegra_release as JetPack 6.2 and 6.1 write them.
@@ -176,14 +176,26 @@ def test_l4t_upgrade_makes_engines_stale_for_the_daemon(tiny_package, built, tmp
     assert "l4t: built for none, now R36.4.3" in backend_lines(caplog)[-1]
 
 
-def test_tensorrt_runner_decodes_like_onnx_runtime(tiny_package, built):  # noqa: F811
-    """The runner's device-side cache bookkeeping, exercised through the GPU double."""
+@pytest.fixture(scope="module")
+def built_per_layer(tiny_per_layer_package, onnx_sessions, tmp_path_factory):  # noqa: F811
+    engine_dir = tmp_path_factory.mktemp("engines-per-layer")
+    fake = FakeTensorRT(sessions=onnx_sessions)
+    build_engines(tiny_per_layer_package, engine_dir, BuildOptions(max_batch=2, max_prompt_tokens=32), fake, threads=1)
+    return engine_dir, fake
+
+
+@pytest.mark.parametrize("layout", ["built", "built_per_layer"], ids=["stacked inputs", "per-layer inputs"])
+def test_tensorrt_runner_decodes_like_onnx_runtime(tiny_package, layout, request):  # noqa: F811
+    """The runner's device-side cache bookkeeping, exercised through the GPU double, against
+    ONNX Runtime on the shared package (so a per-layer engine is checked against the other layout)."""
     import numpy as np
 
     from engines.tensorrt import validation
 
-    engine_dir, fake = built
-    runner = create_runner(tiny_package, "tensorrt", engine_dir=engine_dir, load_tensorrt=lambda: fake)
+    engine_dir, fake = request.getfixturevalue(layout)
+    package = request.getfixturevalue("tiny_per_layer_package") if layout == "built_per_layer" else tiny_package
+    runner = create_runner(package, "tensorrt", engine_dir=engine_dir, load_tensorrt=lambda: fake)
+    assert runner.layer_inputs == package.layer_inputs
     reference = OnnxRunner(tiny_package, threads=1, prefer_int8=False)
     mel = validation.reference_mel(tiny_package.mel_filters())
     mel2 = np.concatenate([mel, np.zeros_like(mel)])  # speech and silence side by side

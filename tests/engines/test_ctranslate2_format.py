@@ -134,3 +134,34 @@ def test_missing_variable_is_named(tmp_path, tiny_dir, tiny_variables):
     partial = {name: value for name, value in variables.items() if not name.startswith("encoder/layer_norm/")}
     with pytest.raises(ModelSourceError, match=r"variable 'encoder/layer_norm/gamma' not found"):
         convert_variables(partial, tmp_path / "model.bin")
+
+
+def _write_version3(variables: dict[str, np.ndarray], path: Path) -> None:
+    """The pre-dtype-id layout (binary version 3): u8 item size + u32 element count per variable."""
+    import struct
+
+    def string(text: str) -> bytes:
+        raw = text.encode() + b"\0"
+        return struct.pack("<H", len(raw)) + raw
+
+    real = {name: value for name, value in variables.items() if name != "decoder/projection/weight"}
+    with open(path, "wb") as out:
+        out.write(struct.pack("<I", 3) + string("WhisperSpec") + struct.pack("<II", 3, len(real)))
+        for name, value in real.items():
+            value = value.astype(np.float32) if value.dtype == np.float16 else value  # v3 had no float16
+            out.write(string(name) + struct.pack("<B", value.ndim) + struct.pack(f"<{value.ndim}I", *value.shape))
+            out.write(struct.pack("<BI", value.itemsize, value.size) + value.tobytes())
+        out.write(struct.pack("<I", 1) + string("decoder/projection/weight") + string("decoder/embeddings/weight"))
+
+
+def test_older_binary_version_reads_the_same_weights(tmp_path, tiny_dir, tiny_variables):
+    _, variables = tiny_variables
+    directory = tmp_path / "v3"
+    directory.mkdir()
+    _write_version3(variables, directory / "model.bin")
+    for side in ("config.json", "tokenizer.json"):
+        shutil.copy(tiny_dir / side, directory / side)
+    old, current = read_ctranslate2(directory), read_ctranslate2(tiny_dir)
+    assert old.dims == current.dims
+    for name in ("decoder.token_embedding.weight", "encoder.blocks.1.attn.key.weight", "decoder.ln.bias"):
+        np.testing.assert_array_equal(old[name], current[name])

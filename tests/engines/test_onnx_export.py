@@ -9,6 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from engines.onnx_export import CACHE_INPUTS, layer_input
 from engines.sources import resolve_builtin
 from engines.weights import load_weights
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
@@ -36,6 +37,7 @@ class Greedy:
 
     def __init__(self, package, int8: bool = False):
         self.dims = package.dims
+        self.layer_inputs = package.layer_inputs
         encoder, decoder = package.graph_paths(prefer_int8=int8)
         self.encoder, self.decoder = _session(encoder), _session(decoder)
 
@@ -43,9 +45,9 @@ class Greedy:
         return self.encoder.run(None, {"mel": mel})
 
     def step(self, tokens, offsets, cache, cross):
-        logits, new_k, new_v = self.decoder.run(None, {
-            "tokens": np.asarray(tokens, np.int64), "offset": np.asarray(offsets, np.int64),
-            "self_k": cache[0], "self_v": cache[1], "cross_k": cross[0], "cross_v": cross[1]})
+        feed = {"tokens": np.asarray(tokens, np.int64), "offset": np.asarray(offsets, np.int64)}
+        feed |= _kv_feed(dict(zip(CACHE_INPUTS, (*cache, *cross))), self.layer_inputs)
+        logits, new_k, new_v = self.decoder.run(None, feed)
         n = new_k.shape[2]
         for b, offset in enumerate(offsets):
             cache[0][:, b, offset:offset + n] = new_k[:, b]
@@ -75,6 +77,13 @@ class Greedy:
         return out, chosen
 
 
+def _kv_feed(stacked: dict[str, np.ndarray], layer_inputs: bool) -> dict[str, np.ndarray]:
+    """The decoder's K/V inputs: the stacked arrays, or per-layer views of them."""
+    if not layer_inputs:
+        return stacked
+    return {layer_input(name, layer): array[layer] for name, array in stacked.items() for layer in range(len(array))}
+
+
 @pytest.fixture(scope="module")
 def ct2_tiny():
     import ctranslate2
@@ -93,26 +102,38 @@ def _ct2_greedy(model, mel, prompt):
 # -- the contract ------------------------------------------------------------------------------
 
 
+def _signature(values):
+    return {v.name: (v.type.tensor_type.elem_type,
+                     [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values}
+
+
+F32, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
+CROSS, CACHE = [4, "batch", 1500, 384], [4, "batch", 448, 384]  # tiny.en
+
+
+def _decoder_inputs_signature(layer_inputs: bool) -> dict:
+    signature = {"tokens": (I64, ["batch", "n_tokens"]), "offset": (I64, ["batch"])}
+    for name in CACHE_INPUTS:
+        shape = CACHE if name.startswith("self") else CROSS
+        if layer_inputs:
+            signature |= {layer_input(name, layer): (F32, shape[1:]) for layer in range(4)}
+        else:
+            signature[name] = (F32, shape)
+    return signature
+
+
 def test_graph_contract(tiny_en_package):
     dims = tiny_en_package.dims
     encoder = onnx.load(str(tiny_en_package.file("encoder.onnx")), load_external_data=False)
     decoder = onnx.load(str(tiny_en_package.file("decoder.onnx")), load_external_data=False)
 
-    def signature(values):
-        return {v.name: (v.type.tensor_type.elem_type,
-                         [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]) for v in values}
-
-    f32, i64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-    cross = [4, "batch", 1500, 384]
-    cache = [4, "batch", 448, 384]
-    assert signature(encoder.graph.input) == {"mel": (f32, ["batch", 80, 3000])}
-    assert signature(encoder.graph.output) == {"cross_k": (f32, cross), "cross_v": (f32, cross)}
-    assert signature(decoder.graph.input) == {
-        "tokens": (i64, ["batch", "n_tokens"]), "offset": (i64, ["batch"]),
-        "self_k": (f32, cache), "self_v": (f32, cache), "cross_k": (f32, cross), "cross_v": (f32, cross)}
-    assert signature(decoder.graph.output) == {
-        "logits": (f32, ["batch", dims.n_vocab]),
-        "new_k": (f32, [4, "batch", "n_tokens", 384]), "new_v": (f32, [4, "batch", "n_tokens", 384])}
+    assert _signature(encoder.graph.input) == {"mel": (F32, ["batch", 80, 3000])}
+    assert _signature(encoder.graph.output) == {"cross_k": (F32, CROSS), "cross_v": (F32, CROSS)}
+    # The manifest says which decoder layout the package holds.
+    assert _signature(decoder.graph.input) == _decoder_inputs_signature(tiny_en_package.layer_inputs)
+    assert _signature(decoder.graph.output) == {
+        "logits": (F32, ["batch", dims.n_vocab]),
+        "new_k": (F32, [4, "batch", "n_tokens", 384]), "new_v": (F32, [4, "batch", "n_tokens", 384])}
     for model in (encoder, decoder):
         assert [(o.domain, o.version) for o in model.opset_import] == [("", 17)]
     # The tied embedding is stored once, and layer norms are single nodes.
@@ -248,23 +269,43 @@ def test_int8_graphs_agree_with_float(tiny_en_package, corpus):
 
 
 def test_per_layer_inputs_variant_equals_stacked(tiny_en_package, corpus):
-    """The experimental per-layer-input decoder (proposed contract change) computes the same."""
+    """Both decoder layouts compute the same logits and new rows from the same cache and cross K/V."""
     from engines import onnx_export
 
-    stacked = Greedy(tiny_en_package)
-    cross = stacked.encode(_mel(corpus / "en" / "arctic_aew_a0001.wav"))
+    weights = load_weights("tiny.en")
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    model = onnx_export.build_decoder(load_weights("tiny.en"), layer_inputs=True)
-    per_layer = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    decoders = {layer_inputs: ort.InferenceSession(onnx_export.build_decoder(weights, layer_inputs=layer_inputs)
+                                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
+                for layer_inputs in (False, True)}
+    model = Greedy(tiny_en_package)
+    cross = model.encode(_mel(corpus / "en" / "arctic_aew_a0001.wav"))
     special = tiny_en_package.manifest.special_tokens
-    cache = stacked.new_cache(1)
-    stacked.step([[special.sot, special.no_timestamps]], [0], cache, cross)
-    expected = stacked.step([[1374]], [2], tuple(c.copy() for c in cache), cross)
-    feed = {"tokens": np.array([[1374]]), "offset": np.array([2])}
-    for layer in range(tiny_en_package.dims.n_text_layer):  # views into the stacked buffers
-        feed.update({f"self_k.{layer}": cache[0][layer], f"self_v.{layer}": cache[1][layer],
-                     f"cross_k.{layer}": cross[0][layer], f"cross_v.{layer}": cross[1][layer]})
-    logits, new_k, _ = per_layer.run(None, feed)
-    np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-5)
-    assert new_k.shape == (4, 1, 1, 384)
+    cache = model.new_cache(1)
+    model.step([[special.sot, special.no_timestamps]], [0], cache, cross)  # a real cache: 2 rows filled
+    outputs = {}
+    for layer_inputs, session in decoders.items():
+        feed = {"tokens": np.array([[1374]]), "offset": np.array([2])}
+        feed |= _kv_feed(dict(zip(CACHE_INPUTS, (*cache, *cross))), layer_inputs)  # per-layer: views, no copies
+        outputs[layer_inputs] = session.run(None, feed)
+    for stacked, per_layer in zip(outputs[False], outputs[True]):
+        np.testing.assert_allclose(per_layer, stacked, atol=1e-4, rtol=1e-5)
+    assert outputs[True][1].shape == (4, 1, 1, 384)
+
+
+def test_write_package_records_the_decoder_layout_in_the_manifest(tmp_path):
+    import json
+
+    from engines.package import ModelPackage, write_package
+
+    written = write_package(load_weights("tiny.en"), tmp_path / "tiny.en", layer_inputs=True)
+    assert json.loads((tmp_path / "tiny.en" / "manifest.json").read_text())["decoder_inputs"] == "per_layer"
+    package = ModelPackage.load(tmp_path / "tiny.en")
+    assert package.manifest == written.manifest and package.layer_inputs
+    decoder = onnx.load(str(package.file("decoder.onnx")), load_external_data=False)
+    assert _signature(decoder.graph.input) == _decoder_inputs_signature(layer_inputs=True)
+    # Manifests written before the field existed are stacked packages.
+    manifest = json.loads((tmp_path / "tiny.en" / "manifest.json").read_text())
+    del manifest["decoder_inputs"]
+    (tmp_path / "tiny.en" / "manifest.json").write_text(json.dumps(manifest))
+    assert not ModelPackage.load(tmp_path / "tiny.en", verify=False).layer_inputs

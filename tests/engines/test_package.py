@@ -136,6 +136,7 @@ def test_write_replaces_an_existing_package_atomically(tmp_path):
     weights = load_weights("tiny.en")
     target = tmp_path / "tiny.en"
     target.mkdir()
+    (target / "manifest.json").write_text("{}")
     (target / "stale.txt").write_text("old package")
     package = write_package(weights, target)
     assert not (target / "stale.txt").exists()
@@ -144,6 +145,15 @@ def test_write_replaces_an_existing_package_atomically(tmp_path):
     assert not package.has_int8()
     assert [p.name for p in package.graph_paths(prefer_int8=True)] == ["encoder.onnx", "decoder.onnx"]
     ModelPackage.load(target, verify=True)
+
+
+def test_export_refuses_to_replace_a_directory_that_is_not_a_package(tmp_path):
+    (tmp_path / "notes.txt").write_text("precious")
+    with pytest.raises(ModelPackageError) as error:
+        write_package(load_weights("tiny.en"), tmp_path)
+    assert str(error.value) == (f"{tmp_path}: exists and is not a model package (no manifest.json); "
+                                "choose a new or empty directory")
+    assert (tmp_path / "notes.txt").read_text() == "precious"
 
 
 def test_failed_export_leaves_the_old_package(tmp_path, monkeypatch):
