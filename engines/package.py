@@ -190,11 +190,11 @@ def write_package(
     out_dir: str | Path,
     quantize: str | None = None,
     progress: Callable[[str], None] | None = None,
-    layer_inputs: bool = False,
+    layer_inputs: bool = True,
 ) -> ModelPackage:
     """Export ``weights`` into a complete package at ``out_dir`` (replacing any old one).
 
-    ``layer_inputs`` exports the decoder with one cache/cross input per layer (manifest
+    ``layer_inputs`` (the default) exports the decoder with one cache/cross input per layer (manifest
     ``decoder_inputs: per_layer``) instead of stacked ones.
     """
     from engines import onnx_export

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engines.errors import BackendUnavailableError
+from tests.fixtures.fake_tensorrt import tiny_per_layer_package  # noqa: F401 (fixture)
 from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 
 REASON = "needs TensorRT 10 and a CUDA GPU (Jetson Orin); run scripts/verify-jetson.sh on the device"
@@ -91,3 +92,31 @@ def test_fp32_build_meets_fp32_tolerances(trt, tiny_package, tmp_path):  # noqa:
 
     build_engines(tiny_package, tmp_path, BuildOptions(precision="fp32", max_batch=1, max_prompt_tokens=32), trt, threads=2)
     assert EngineCache(tmp_path, tiny_package.dir.name).status({}).ok
+
+
+def test_per_layer_engines_bound_at_layer_offsets_match_the_stacked_reference(
+    trt, tiny_package, tiny_per_layer_package, tmp_path  # noqa: F811
+):
+    """Per-layer decoder inputs bound at offsets into one device buffer, against ONNX Runtime."""
+    from engines.onnx_runner import OnnxRunner
+    from engines.tensorrt import validation
+    from engines.tensorrt.build_command import build_engines
+    from engines.tensorrt.builder import BuildOptions
+    from engines.tensorrt.engine_cache import EngineCache
+    from engines.tensorrt.runner import TensorRTRunner
+
+    build_engines(tiny_per_layer_package, tmp_path, BuildOptions(max_batch=2, max_prompt_tokens=32), trt, threads=2)
+    with trt.gpu.active():
+        runner = TensorRTRunner.from_cache(trt, EngineCache(tmp_path, "tiny.en"), tiny_per_layer_package.dims)
+    assert runner.layer_inputs
+    reference = OnnxRunner(tiny_package, threads=2, prefer_int8=False)
+    mel = validation.reference_mel(tiny_package.mel_filters())
+    special = tiny_package.manifest.special_tokens
+    runners = (reference, runner)
+    caches, crosses = [r.new_cache(2) for r in runners], [r.encode(np.concatenate([mel, mel])) for r in runners]
+    tokens, offsets = np.array([[special.sot, special.no_timestamps]] * 2), np.array([0, 0])
+    for _ in range(4):
+        logits = [r.decode(tokens, offsets, c, x) for r, c, x in zip(runners, caches, crosses)]
+        np.testing.assert_allclose(logits[1], logits[0], atol=validation.TOLERANCES["fp16"].logits_abs)
+        offsets = offsets + tokens.shape[1]
+        tokens = np.argmax(logits[0], axis=-1)[:, None]
