@@ -205,10 +205,9 @@ install_config() {
 }
 
 build_model() {
-    local package engines
-    package="$(config_value engine.package_dir "$STATE/models/base")"
-    engines="$(config_value engine.engine_dir "$STATE/engines")"
-    run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE" "$STATE/models" "$CACHE"
+    local package
+    package="$(config_value engine.package_dir "$STATE/model")"
+        run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE" "$STATE/models" "$CACHE" "$CACHE/engines"
     if [ -f "$package/manifest.json" ]; then
         say "model package present: $package (delete it to export again)"
     else
@@ -222,8 +221,11 @@ build_model() {
         fi
         run runuser -u "$SERVICE_USER" -- "$EDGESCRIBE" export --source "$source" --out "$package"
     fi
-    # Engines are specific to this GPU and TensorRT version; build-engines skips current ones.
-    run runuser -u "$SERVICE_USER" -- "$EDGESCRIBE" build-engines --model "$package" --out "$engines"
+    # Engines are specific to this GPU and TensorRT version; build-engines skips current ones and
+    # reads precision, batch and shapes from the config, exactly as edgescribe-engines.service does.
+    # A failed build is not fatal: the daemon then serves on ONNX Runtime and says why.
+    run runuser -u "$SERVICE_USER" -- "$EDGESCRIBE" build-engines --config "$CONFIG" \
+        || say "warning: TensorRT engines were not built (see above); the daemon will run on ONNX Runtime"
 }
 
 broker_is_local() {
@@ -281,7 +283,7 @@ uninstall() {
     [ ! -d "$OPT" ] || run rm -rf "$OPT"
     [ ! -d "$CACHE" ] || run rm -rf "$CACHE"
     # Models and engines can be made again; the outbox spool and the config are the user's.
-    for dir in "$STATE/models" "$STATE/engines"; do
+    for dir in "$STATE/model" "$STATE/models"; do
         [ ! -d "$dir" ] || run rm -rf "$dir"
     done
     say "removed; kept $ETC (your configuration) and $STATE (undelivered transcripts)"

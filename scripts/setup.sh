@@ -16,7 +16,7 @@ sudo_cmd=()
 # alsa/systemd headers build pyalsaaudio and systemd-python; mosquitto is the local broker;
 # systemd-analyze and openssl are used by the tests (unit checks, TLS broker).
 apt_packages=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libsystemd-dev
-              alsa-utils mosquitto mosquitto-clients openssl systemd)
+              alsa-utils mosquitto mosquitto-clients openssl systemd shellcheck)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

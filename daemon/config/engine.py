@@ -10,8 +10,8 @@ from daemon.config.schema import setting
 
 # One place for the defaults that `edgescribe build-engines` and the daemon share, so the
 # engines the install-time unit builds are the ones the daemon looks for.
-DEFAULT_ENGINE_DIR = Path("/var/lib/edgescribe/engines")
-DEFAULT_PACKAGE_DIR = Path("/var/lib/edgescribe/models/base")
+DEFAULT_ENGINE_DIR = Path("/var/cache/edgescribe/engines")  # rebuilt when stale, so cache
+DEFAULT_PACKAGE_DIR = Path("/var/lib/edgescribe/model")  # whichever model install.sh --model exported
 DEFAULT_MAX_BATCH = 4
 DEFAULT_MAX_PROMPT_TOKENS = 224
 DEFAULT_WORKSPACE_MB = 1024

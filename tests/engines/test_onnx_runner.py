@@ -70,19 +70,19 @@ def test_context_overflow_is_refused(runner, cross_pair, tiny_en_package):
         runner.decode(np.array([[1, 2], [1, 2]]), np.array([0, n_ctx - 1]), runner.new_cache(2), cross_pair)
 
 
-def test_per_layer_decoder_inputs_give_the_same_logits(runner, cross_pair, tmp_path):
-    """A package exported with one cache input per layer runs from views of the same buffers."""
+def test_stacked_and_per_layer_decoder_inputs_agree(cross_pair, tmp_path):
+    """Both decoder input layouts (stacked caches, one input per layer) give the same logits and cache."""
     from engines.package import write_package
     from engines.weights import load_weights
 
-    package = write_package(load_weights("tiny.en"), tmp_path / "tiny.en", layer_inputs=True)
-    per_layer = OnnxRunner(package, threads=2, prefer_int8=False)
-    assert per_layer.layer_inputs and not runner.layer_inputs
+    weights = load_weights("tiny.en")
+    runners = [OnnxRunner(write_package(weights, tmp_path / layout, layer_inputs=layout == "per_layer"),
+                          threads=2, prefer_int8=False) for layout in ("stacked", "per_layer")]
+    assert [r.layer_inputs for r in runners] == [False, True]
+    caches = [r.new_cache(2) for r in runners]
     tokens = np.array([[50257, 50363, 843], [50257, 50363, 4453]])
-    caches = [r.new_cache(2) for r in (runner, per_layer)]
-    expected = runner.decode(tokens, np.zeros(2, np.int64), caches[0], cross_pair)
-    got = per_layer.decode(tokens, np.zeros(2, np.int64), caches[1], cross_pair)
-    np.testing.assert_allclose(got, expected, atol=2e-3)
+    first = [r.decode(tokens, np.zeros(2, np.int64), c, cross_pair) for r, c in zip(runners, caches)]
+    np.testing.assert_allclose(first[1], first[0], atol=2e-3)
     np.testing.assert_allclose(caches[1].k, caches[0].k, atol=1e-4)
-    step = [r.decode(np.array([[523], [11]]), np.array([3, 3]), c, cross_pair) for r, c in zip((runner, per_layer), caches)]
+    step = [r.decode(np.array([[523], [11]]), np.array([3, 3]), c, cross_pair) for r, c in zip(runners, caches)]
     np.testing.assert_allclose(step[1], step[0], atol=2e-3)

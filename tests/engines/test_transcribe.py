@@ -121,3 +121,20 @@ def test_command_errors(tiny_en_package, tmp_path, corpus):
         _run(["--model", str(tmp_path), good])
     with pytest.raises(EdgescribeError, match="English-only"):
         _run(["--model", str(tiny_en_package.dir), "--task", "translate", good])
+
+
+def test_edgescribe_transcribe_end_to_end(tiny_en_package, corpus, tmp_path):
+    """The installed entry point: text on stdout; a bad file is one line on stderr and exit 1."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    command = [sys.executable, "-m", "daemon.cli", "transcribe", "--model", str(tiny_en_package.dir), "--threads", "2"]
+    done = subprocess.run([*command, str(corpus / "en" / "jfk_inaugural_1961.wav")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0 and "ask not what your country can do for you" in done.stdout.lower()
+    failed = subprocess.run([*command, str(tmp_path / "nope.wav")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert failed.returncode == 1 and failed.stdout == ""
+    assert failed.stderr.strip().splitlines()[-1] == f"edgescribe transcribe: error: {tmp_path / 'nope.wav'}: no such audio file"
+    assert "Traceback" not in failed.stderr

@@ -56,7 +56,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(tmp_path):
     assert f"pip install --quiet --upgrade {REPO}[jetson,systemd,models-base]" in plan
     assert f"would write {tmp_path}/etc/edgescribe/config.yaml" in plan
     assert "edgescribe export --source base --out" in plan
-    assert "edgescribe build-engines --model" in plan
+    assert "edgescribe build-engines --config" in plan
     assert f"install -D -m 0644 {REPO}/systemd/edgescribe.service {tmp_path}/etc/systemd/system/edgescribe.service" in plan
     assert "skipped (--root): systemctl enable edgescribe-engines.service edgescribe.service" in plan
     assert list(tmp_path.iterdir()) == []  # nothing was written
@@ -74,12 +74,12 @@ def test_dry_run_keeps_an_existing_config(tmp_path):
 
 
 def test_uninstall_dry_run_keeps_config_and_spool(tmp_path):
-    for d in ("opt/edgescribe/venv", "etc/edgescribe", "var/lib/edgescribe/outbox", "var/lib/edgescribe/engines", "var/cache/edgescribe"):
+    for d in ("opt/edgescribe/venv", "etc/edgescribe", "var/lib/edgescribe/outbox", "var/lib/edgescribe/model", "var/cache/edgescribe"):
         (tmp_path / d).mkdir(parents=True)
     result = install("--dry-run", "--uninstall", "--root", str(tmp_path))
     assert result.returncode == 0, result.stderr
     removed = [line.split()[-1] for line in result.stdout.splitlines() if line.startswith("would run: rm -rf")]
-    assert removed == [f"{tmp_path}/opt/edgescribe", f"{tmp_path}/var/cache/edgescribe", f"{tmp_path}/var/lib/edgescribe/engines"]
+    assert removed == [f"{tmp_path}/opt/edgescribe", f"{tmp_path}/var/cache/edgescribe", f"{tmp_path}/var/lib/edgescribe/model"]
 
 
 def test_unknown_option_is_one_line():
