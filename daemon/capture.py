@@ -26,6 +26,7 @@ import numpy as np
 from daemon.config.audio import CaptureOptions, StreamConfig
 from daemon.events import Event, GapEvent, StreamStateEvent
 from daemon.ring_buffer import SAMPLE_RATE, AudioBlock, RingBuffer
+from engines.audio import load_audio, polyphase_filter
 from engines.errors import AudioInputError
 
 log = logging.getLogger(__name__)
@@ -73,22 +74,6 @@ def to_mono(data: bytes, sample_format: str, channels: int) -> np.ndarray:
     if channels == 1:
         return samples.astype(np.float32, copy=False)
     return samples.reshape(-1, channels).mean(axis=1, dtype=np.float32)
-
-
-def polyphase_filter(up: int, down: int, zero_crossings: int = 16) -> tuple[np.ndarray, int]:
-    """Kaiser-windowed sinc low-pass split into ``up`` phases, and its half length.
-
-    Same design as ``engines.audio.resample`` (cutoff just below the lower Nyquist rate,
-    beta 8.6, gain ``up``), so live audio and files are resampled identically.
-    Returns ``phases[r, k] = prototype[r + k * up]`` and the centre tap index.
-    """
-    cutoff = 0.5 / max(up, down) * 0.97
-    half = zero_crossings * max(up, down)
-    t = np.arange(-half, half + 1)
-    prototype = 2 * cutoff * np.sinc(2 * cutoff * t) * np.kaiser(2 * half + 1, 8.6) * up
-    taps_per_phase = -(-len(prototype) // up)
-    prototype = np.pad(prototype, (0, taps_per_phase * up - len(prototype)))
-    return prototype.reshape(taps_per_phase, up).T.astype(np.float32), half
 
 
 class StreamingResampler:
@@ -260,8 +245,6 @@ class WavSource:
         self._samples: Optional[np.ndarray] = None
 
     def open(self) -> str:
-        from engines.audio import load_audio
-
         self._samples = load_audio(self.path)  # already 16 kHz mono
         self._position = 0
         self._emitted = 0

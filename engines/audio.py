@@ -124,12 +124,26 @@ def _decode_float(payload: bytes, width: int) -> np.ndarray:
     return np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
 
 
-def resample(samples: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE, zero_crossings: int = 16) -> np.ndarray:
-    """Polyphase windowed-sinc (Kaiser) resampling by the exact ratio target/source.
+def polyphase_filter(up: int, down: int, zero_crossings: int = 16) -> tuple[np.ndarray, int]:
+    """Kaiser-windowed sinc low-pass for resampling by ``up/down``, split into ``up`` phases.
 
-    The low-pass sits at the lower of the two Nyquist rates, so downsampling does not
-    fold energy above 8 kHz into the speech band.
+    The cut-off sits a little below the lower of the two Nyquist rates (room for the
+    transition band), so downsampling does not fold energy above 8 kHz into the speech
+    band; the gain ``up`` restores what zero stuffing loses. Shared by :func:`resample`
+    (files) and the daemon's streaming resampler (live audio), so both sound the same.
+    Returns ``phases[r, k] = prototype[r + k * up]`` and the centre tap index.
     """
+    cutoff = 0.5 / max(up, down) * 0.97
+    half = zero_crossings * max(up, down)
+    t = np.arange(-half, half + 1)
+    prototype = 2 * cutoff * np.sinc(2 * cutoff * t) * np.kaiser(2 * half + 1, 8.6) * up
+    taps_per_phase = -(-len(prototype) // up)
+    prototype = np.pad(prototype, (0, taps_per_phase * up - len(prototype)))
+    return prototype.reshape(taps_per_phase, up).T.astype(np.float32), half
+
+
+def resample(samples: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE, zero_crossings: int = 16) -> np.ndarray:
+    """Polyphase windowed-sinc (Kaiser) resampling by the exact ratio target/source."""
     if source_rate == target_rate:
         return np.asarray(samples, dtype=np.float32)
     g = math.gcd(source_rate, target_rate)
@@ -139,15 +153,8 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RA
     if n_out == 0:
         return np.zeros(0, np.float32)
 
-    # Prototype filter at the up-sampled rate; `up` restores the gain lost by zero stuffing.
-    cutoff = 0.5 / max(up, down) * 0.97  # a little below Nyquist leaves room for the transition band
-    half = zero_crossings * max(up, down)
-    t = np.arange(-half, half + 1)
-    prototype = 2 * cutoff * np.sinc(2 * cutoff * t) * np.kaiser(2 * half + 1, 8.6) * up
-    taps_per_phase = -(-len(prototype) // up)
-    prototype = np.pad(prototype, (0, taps_per_phase * up - len(prototype)))
-    # phases[r, k] = prototype[r + k*up]: the taps that meet input samples for output phase r
-    phases = prototype.reshape(taps_per_phase, up).T.astype(np.float32)
+    phases, half = polyphase_filter(up, down, zero_crossings)
+    taps_per_phase = phases.shape[1]
 
     padded = np.pad(x, (taps_per_phase, taps_per_phase))
     out = np.empty(n_out, np.float32)
