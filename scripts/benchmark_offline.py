@@ -132,6 +132,7 @@ def main() -> int:
     print(f"\nwall-time ratio edgescribe / faster-whisper: {ratio:.3f} (target <= 0.7)")
     print(f"edgescribe peak RSS: {ours['peak_rss_mb']:.0f} MB (target <= 450)")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"audio_seconds": audio_seconds, "files": [str(f) for f in files],
                                          "threads": args.threads, "ratio": ratio, "systems": results}, indent=2))
     return 0

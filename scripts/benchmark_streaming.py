@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -61,11 +63,34 @@ class RunResult:
     events: Collected
     spoken: dict
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
+    def percentile(self, q: float, values: list[float] | None = None) -> float:
+        values = self.latencies if values is None else values
+        if not values:
             return float("nan")
-        ordered = sorted(self.latencies)
+        ordered = sorted(values)
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+    def speech_end_latencies(self) -> list[float]:
+        """Latency from the last voiced 20 ms of each final's audio (the speaker stopping),
+        i.e. the segmenter's silence wait plus inference: what a listener experiences."""
+        latencies = []
+        for name, spoken in self.spoken.items():
+            for final in self.events.finals(name):
+                start, end = int(final.audio_start * 16000), int(final.audio_end * 16000)
+                trailing = (end - last_voiced_sample(spoken.samples[start:end]) - start) / 16000
+                latencies.append(final.latency_s + trailing)
+        return latencies
+
+
+def last_voiced_sample(samples: np.ndarray, frame: int = 320) -> int:
+    """End of the last 20-ms frame within 35 dB of the loudest frame (and above -50 dBFS)."""
+    frames = len(samples) // frame
+    if frames == 0:
+        return len(samples)
+    power = (samples[: frames * frame].reshape(frames, frame).astype(np.float64) ** 2).mean(axis=1) + 1e-12
+    level = 10 * np.log10(power)
+    voiced = np.flatnonzero(level > max(level.max() - 35.0, -50.0))
+    return int((voiced[-1] + 1) * frame) if len(voiced) else len(samples)
 
 
 def short_ids(corpus: Path) -> list[str]:
@@ -187,8 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"One stream, {single.audio_s:.0f} s of corpus speech at real-time pace, {single.finals} finals:\n")
         print("| measure | value | target |")
         print("|---|---|---|")
-        print(f"| final latency p50 (end of utterance -> final) | {single.percentile(0.5):.2f} s | <= 0.5 s |")
-        print(f"| final latency p95 | {single.percentile(0.95):.2f} s | <= 1.0 s |")
+        from_speech = single.speech_end_latencies()
+        print(f"| final latency from end of speech (last voiced 20 ms -> final), p50 | {single.percentile(0.5, from_speech):.2f} s | <= 0.5 s |")
+        print(f"| final latency from end of speech, p95 | {single.percentile(0.95, from_speech):.2f} s | <= 1.0 s |")
+        print(f"| of which inference: end-of-utterance update -> final, p50 | {single.percentile(0.5):.2f} s | |")
+        print(f"| end-of-utterance update -> final, p95 | {single.percentile(0.95):.2f} s | |")
         print(f"| WER streaming finals ({words} words) | {100 * streaming_wer:.1f} % | |")
         print(f"| WER offline, same files | {100 * offline_wer:.1f} % | |")
         print(f"| streaming - offline | {100 * (streaming_wer - offline_wer):+.1f} points | <= +1 point |")
