@@ -93,6 +93,8 @@ class Watcher:
         self.client.loop_start()
 
     def on_message(self, _client, _userdata, message) -> None:
+        if message.retain:
+            return  # left by an earlier run (availability, last health); this run's come live
         topic = message.topic.removeprefix("edgescribe/demo/")
         if topic == "availability":
             print(f"  availability: {message.payload.decode()}", flush=True)
