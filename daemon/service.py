@@ -23,16 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from daemon.capture import CaptureStream
 from daemon.config import Config
 from daemon.events import Event, TranscriptEvent
 from daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth, package_version
 from daemon.notify import Notifier, Progress
+from daemon.pipeline import StreamPipeline
 from daemon.publisher import Publisher
 from daemon.scheduler import EngineManager, InferenceScheduler
-from daemon.segmenter import Segmenter
-from daemon.streaming import StreamTranscriber, consume
-from daemon.vad import create_vad
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +44,6 @@ class _Counts:
     finals: collections.Counter = field(default_factory=collections.Counter)
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
     audio_s: float = 0.0  # audio covered by finals (for the real-time factor)
-
-
-@dataclass
-class _Stream:
-    capture: CaptureStream
-    transcriber: StreamTranscriber
-    consumer: threading.Thread
 
 
 class Service:
@@ -73,7 +63,7 @@ class Service:
         self.scheduler = InferenceScheduler(
             max_batch=config.engine.max_batch, max_pending_finals=config.transcription.max_pending_finals
         )
-        self.streams: dict[str, _Stream] = {}
+        self.streams: dict[str, StreamPipeline] = {}
         self.notifier = Notifier(
             self.progress,
             stall_timeout_s=config.service.stall_timeout_s,
@@ -135,16 +125,12 @@ class Service:
         self._stop.set()
 
     def _start_stream(self, stream_config) -> None:
-        name = stream_config.name
-        capture = CaptureStream(stream_config, self.config.capture, on_event=self.emit)
-        segmenter = Segmenter(name, self.config.segmenter, create_vad(self.config.vad))
-        transcriber = StreamTranscriber(name, self.config.transcription, self.scheduler, self.engines, emit=self.emit)
-        consumer = threading.Thread(
-            target=consume, args=(capture, segmenter, transcriber, self._stop), name=f"pipeline-{name}", daemon=True
+        c = self.config
+        pipeline = StreamPipeline.build(
+            stream_config, c.capture, c.vad, c.segmenter, c.transcription, self.scheduler, self.engines, self.emit
         )
-        capture.start()
-        consumer.start()
-        self.streams[name] = _Stream(capture, transcriber, consumer)
+        pipeline.start()
+        self.streams[pipeline.name] = pipeline
 
     def _start_optional_endpoints(self) -> None:
         if self.config.homeassistant.enabled:
@@ -158,17 +144,19 @@ class Service:
 
     def _wait(self) -> None:
         while not self._stop.wait(0.2):
-            if self.once and all(not s.consumer.is_alive() for s in self.streams.values()):
+            if self.once and not any(s.running for s in self.streams.values()):
                 log.info("every source has ended; stopping")
                 return
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
-        # Audio first, so the consumers see the end of input and flush their open utterance.
+        # Audio first: each consumer then drains what is buffered and flushes its open utterance.
         for stream in self.streams.values():
-            stream.capture.stop()
+            stream.stop_capture()
         for stream in self.streams.values():
-            stream.consumer.join(timeout=10)
+            if not stream.join(timeout=10):
+                log.warning("stream %s: pipeline did not finish within 10 s; aborting it", stream.name)
+                stream.abort()
         self.scheduler.stop(drain=True)
         for stream in self.streams.values():
             stream.transcriber.close()

@@ -26,7 +26,6 @@ import logging
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +40,8 @@ from daemon.config.audio import CaptureOptions, StreamConfig  # noqa: E402
 from daemon.config.transcription import TranscriptionConfig  # noqa: E402
 from daemon.events import GapEvent  # noqa: E402
 from daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
-from daemon.streaming import StreamTranscriber, consume  # noqa: E402
+from daemon.pipeline import StreamPipeline  # noqa: E402
+from daemon.streaming import StreamTranscriber  # noqa: E402
 from engines.scoring import corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import Collected, segmenter_for, spoken_stream, write_wav  # noqa: E402
 
@@ -118,29 +118,24 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
     events = Collected()
     scheduler = InferenceScheduler(max_batch=args.max_batch, max_pending_finals=TranscriptionConfig().max_pending_finals)
     scheduler.start()
-    stop = threading.Event()
-    captures, threads, spoken = [], [], {}
+    pipelines, spoken = [], {}
     for index, ids in enumerate(ids_per_stream):
         name = f"mic{index}"
         spoken[name] = spoken_stream(CORPUS, ids)
         wav = write_wav(workdir / f"{name}.wav", spoken[name].samples)
         capture = CaptureStream(StreamConfig(name=name, file=str(wav), speed=1.0), CaptureOptions(), events)
         transcriber = StreamTranscriber(name, TranscriptionConfig(partials=not args.no_partials), scheduler, engines, events)
-        captures.append(capture)
-        threads.append(threading.Thread(target=consume, args=(capture, segmenter_for(name), transcriber, stop), daemon=True))
+        pipelines.append(StreamPipeline(capture, segmenter_for(name), transcriber))
     audio_s = max(len(s.samples) for s in spoken.values()) / 16000
     try:
-        for capture in captures:
-            capture.start()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(audio_s + 120)
+        for pipeline in pipelines:
+            pipeline.start()
+        for pipeline in pipelines:
+            pipeline.join(audio_s + 120)
         scheduler.wait_idle(120)
     finally:
-        stop.set()
-        for capture in captures:
-            capture.stop()
+        for pipeline in pipelines:
+            pipeline.abort()
         scheduler.stop(timeout=60)
     finals = events.finals()
     gaps = events.of_type(GapEvent)

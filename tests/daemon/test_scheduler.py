@@ -18,7 +18,8 @@ from daemon.config.transcription import TranscriptionConfig
 from daemon.events import ModelEvent
 from daemon.scheduler import DecodeRequest, EngineManager, InferenceScheduler
 from daemon.segmenter import Utterance
-from daemon.streaming import StreamTranscriber, consume
+from daemon.pipeline import StreamPipeline
+from daemon.streaming import StreamTranscriber
 from engines.audio import load_audio
 from engines.decoding import decode
 from engines.scoring import corpus_counts, read_transcripts, wer
@@ -144,27 +145,22 @@ def test_several_streams_are_batched_through_one_engine_and_each_gets_its_own_tr
     scheduler = InferenceScheduler(max_batch=4, decode=counting)
     scheduler.start()
     engines = engines_for(tiny_en_model)
-    stop = threading.Event()
-    spoken, captures, threads = {}, [], []
+    spoken, pipelines = {}, []
     for name, ids in groups.items():
         spoken[name] = spoken_stream(corpus, ids)
         wav = write_wav(tmp_path / f"{name}.wav", spoken[name].samples)
         capture = CaptureStream(StreamConfig(name=name, file=str(wav), speed=1000.0), CaptureOptions(buffer_s=600.0), events)
         transcriber = StreamTranscriber(name, TranscriptionConfig(partials=False), scheduler, engines, events)
-        captures.append(capture)
-        threads.append(threading.Thread(target=consume, args=(capture, segmenter_for(name), transcriber, stop), daemon=True))
+        pipelines.append(StreamPipeline(capture, segmenter_for(name), transcriber))
     try:
-        for capture in captures:
-            capture.start()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(300)
+        for pipeline in pipelines:
+            pipeline.start()
+        for pipeline in pipelines:
+            assert pipeline.join(300)
         assert scheduler.wait_idle(300)
     finally:
-        stop.set()
-        for capture in captures:
-            capture.stop()
+        for pipeline in pipelines:
+            pipeline.abort()
         scheduler.stop()
     assert max(calls) >= 2, calls  # streams' windows shared decode calls
     assert sum(calls) >= sum(len(ids) for ids in groups.values())

@@ -1,0 +1,74 @@
+"""One stream's path through the daemon: capture thread -> ring buffer -> segmenter -> transcriber.
+
+The daemon runs one per configured stream; benchmarks and tests run the same object, so
+what they measure is the path the daemon takes.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from daemon.capture import CaptureStream
+from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
+from daemon.config.transcription import TranscriptionConfig
+from daemon.events import Event
+from daemon.scheduler import EngineManager, InferenceScheduler
+from daemon.segmenter import Segmenter
+from daemon.streaming import StreamTranscriber, consume
+from daemon.vad import create_vad
+
+
+class StreamPipeline:
+    def __init__(self, capture: CaptureStream, segmenter: Segmenter, transcriber: StreamTranscriber):
+        self.capture = capture
+        self.segmenter = segmenter
+        self.transcriber = transcriber
+        # Only an abort sets this: a normal stop closes the capture, and the consumer then
+        # drains what is still buffered and flushes the open utterance, so nothing is lost.
+        self._abort = threading.Event()
+        self._consumer = threading.Thread(
+            target=consume, args=(capture, segmenter, transcriber, self._abort), name=f"pipeline-{capture.name}", daemon=True
+        )
+
+    @classmethod
+    def build(
+        cls,
+        stream: StreamConfig,
+        capture: CaptureOptions,
+        vad: VadOptions,
+        segmenter: SegmenterOptions,
+        transcription: TranscriptionConfig,
+        scheduler: InferenceScheduler,
+        engines: EngineManager,
+        emit: Callable[[Event], None],
+    ) -> "StreamPipeline":
+        return cls(
+            CaptureStream(stream, capture, on_event=emit),
+            Segmenter(stream.name, segmenter, create_vad(vad)),
+            StreamTranscriber(stream.name, transcription, scheduler, engines, emit=emit),
+        )
+
+    @property
+    def name(self) -> str:
+        return self.capture.name
+
+    @property
+    def running(self) -> bool:
+        """False once the source has ended (or was stopped) and every block went through."""
+        return self._consumer.is_alive()
+
+    def start(self) -> None:
+        self.capture.start()
+        self._consumer.start()
+
+    def stop_capture(self) -> None:
+        self.capture.stop()
+
+    def join(self, timeout: float) -> bool:
+        self._consumer.join(timeout)
+        return not self._consumer.is_alive()
+
+    def abort(self) -> None:
+        self._abort.set()
+        self.capture.stop()
