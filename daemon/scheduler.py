@@ -229,6 +229,20 @@ class InferenceScheduler:
             self._cond.notify_all()
             return True
 
+    def withdraw(self, request: DecodeRequest) -> bool:
+        """Take a queued final back (a speculative final that resumed speech made stale).
+
+        Returns False when it is no longer queued: it is being decoded or already done, and
+        its ``on_done`` still runs.
+        """
+        with self._cond:
+            for index, queued in enumerate(self._finals):
+                if queued is request:  # identity: dataclass equality would compare the audio
+                    del self._finals[index]
+                    self._cond.notify_all()
+                    return True
+            return False
+
     def finals_waiting(self) -> int:
         with self._cond:
             return len(self._finals)

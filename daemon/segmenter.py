@@ -5,7 +5,9 @@ The voice detector scores 32-ms frames. An utterance opens when a frame reaches
 closes after ``min_silence_s`` of frames below ``off_threshold``; the gap between the two
 thresholds keeps a soft syllable from ending it. While speech goes on, the utterance so far
 is handed out every ``update_interval_s`` for partial transcripts; the last update has
-``ended=True``. Bursts with less than ``min_speech_s`` of speech (door slams, clicks) are
+``ended=True``. The first silent frame after speech also sends an update, flagged
+``pause``, whatever the interval: the end of the utterance is likely ``min_silence_s`` away,
+and a consumer can start its final decode now instead of then. Bursts with less than ``min_speech_s`` of speech (door slams, clicks) are
 never handed out at all. Speech longer than ``max_utterance_s`` is cut at its quietest
 point in the last ``cut_search_s`` (between words where there is a between), and the rest
 starts the next utterance.
@@ -39,6 +41,13 @@ class Utterance:
     wall_start: float
     samples: np.ndarray  # float32 16 kHz mono: the whole utterance so far
     ended: bool  # True exactly once, on the final update
+    # True on the update sent at the first silent frame after speech (the utterance may be
+    # about to end); every field still means the same, so a consumer may ignore it
+    pause: bool = False
+    # samples[:speech_end] ends with the last frame scored as speech; what follows is the
+    # trailing silence so far. An ended update with the same speech_end as a pause update
+    # differs from it only by that silence. None: unknown (updates built by hand).
+    speech_end: Optional[int] = None
 
     @property
     def audio_end(self) -> float:
@@ -55,6 +64,7 @@ class _Open:
         self.n_samples = sum(len(f) for f in frames)
         self.speech_s = speech_s  # frames that were speech, for min_speech_s
         self.silence_s = 0.0  # trailing run of silent frames
+        self.speech_end = self.n_samples  # samples up to the end of the last speech frame
         self.utterance_id: Optional[str] = None  # assigned when first handed out
         self.last_update_s = 0.0  # utterance length at the last update
 
@@ -134,26 +144,32 @@ class Segmenter:
             return []
 
         current.append(frame)
+        pause = False
         if prob >= o.off_threshold:
             current.speech_s += _FRAME_S
             current.silence_s = 0.0
+            current.speech_end = current.n_samples
         else:
+            pause = current.silence_s == 0.0  # the first silent frame: the wait for the end begins
             current.silence_s += _FRAME_S
         if current.silence_s >= o.min_silence_s - 1e-9:
             return self._close()
         if current.length_s >= o.max_utterance_s - 1e-9:
             return self._cut()
-        return self._maybe_update()
+        return self._maybe_update(pause)
 
-    def _maybe_update(self) -> list[Utterance]:
+    def _maybe_update(self, pause: bool = False) -> list[Utterance]:
+        """The periodic update if one is due; at a pause, an update anyway (flagged ``pause``)."""
         current = self._open
         if current is None or current.speech_s < self.options.min_speech_s - 1e-9:
             return []
         length = current.length_s
-        if length - current.last_update_s < self.options.update_interval_s - 1e-9:
+        due = length - current.last_update_s >= self.options.update_interval_s - 1e-9
+        if not (due or pause):
             return []
-        current.last_update_s = length
-        return [self._utterance(current, ended=False)]
+        if due:  # a pause update outside the schedule leaves the periodic pacing as it was
+            current.last_update_s = length
+        return [self._utterance(current, ended=False, pause=pause)]
 
     def _close(self) -> list[Utterance]:
         current, self._open = self._open, None
@@ -171,18 +187,19 @@ class Segmenter:
         cut = quietest_point(samples, len(samples) - int(self.options.cut_search_s * SAMPLE_RATE), len(samples))
         head, tail = samples[:cut], samples[cut:]
         current.frames, current.n_samples = [head], len(head)
+        current.speech_end = min(current.speech_end, cut)
         closed = self._utterance(current, ended=True)
         offset = cut / SAMPLE_RATE
         # the tail is speech in progress: it counts as speech so it is never discarded as a click
         self._open = _Open(current.audio_start + offset, current.wall_start + offset, [tail], len(tail) / SAMPLE_RATE)
         return [closed]
 
-    def _utterance(self, current: _Open, ended: bool) -> Utterance:
+    def _utterance(self, current: _Open, ended: bool, pause: bool = False) -> Utterance:
         if current.utterance_id is None:
             self._counter += 1
             current.utterance_id = f"{self.stream}-{int(current.wall_start * 1000)}-{self._counter}"
         return Utterance(self.stream, current.utterance_id, current.audio_start, current.wall_start,
-                         current.samples(), ended)
+                         current.samples(), ended, pause, current.speech_end)
 
     def _restart(self) -> None:
         self.vad.reset()

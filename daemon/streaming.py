@@ -10,6 +10,19 @@ exactly one final carries the full transcript. The final is that fresh decode of
 audio, so it may still correct a word the partials showed as stable: "stable" promises
 that later partials keep it, and the final is the authoritative text.
 
+Speculative final: most of the wait for a final is the segmenter's ``min_silence_s`` of
+silence before it declares the end. So when it reports a pause (the first silent frame),
+the final's first decode starts right away on the audio up to that pause. If the utterance
+then ends with no more speech, that decode *is* the final's first attempt (waited for if
+still running) and goes through exactly the same gates, fallback and de-duplication; if
+speech resumes, it is withdrawn or its result ignored. The reused decode heard the audio up
+to the pause (the speech and the first silent frame), not the ``min_silence_s`` of
+non-speech the ended update adds: those samples do not exist yet when it starts. Whisper
+reads the rest of its 30-s window as padding either way, so the text is nearly always the
+same, but tiny.en can change a word (1 final of 12 in the corpus test stream). Making
+every final decode its speech plus a fixed tail of zeros would make the two identical; it
+was tried and rejected: it changed words too (JFK's "Americans" became "American").
+
 Guards against Whisper's known failures on live audio (openai-whisper's rules where they
 exist): too-short utterances are not decoded; a result with a high no-speech probability
 and a low average log-probability is dropped; a repetition loop (high gzip compression
@@ -20,6 +33,7 @@ utterance, words repeated from the previous final at the start of the next are r
 
 from __future__ import annotations
 
+import collections
 import logging
 import re
 import threading
@@ -139,6 +153,17 @@ class _Utterance:
     final_attempts: list[list[Any]] = field(default_factory=list)  # every result so far, per window
     ended_at: float = 0.0  # monotonic time the ended update arrived
     duration: float = 0.0
+    speculation: Optional["_Speculation"] = None
+
+
+@dataclass
+class _Speculation:
+    """A final's first decode, started when the utterance paused (see the module docstring)."""
+
+    speech_end: int  # the pause update's speech_end: the speech this decode heard
+    request: DecodeRequest
+    outcome: Optional[DecodeOutcome] = None  # set when decoded
+    claimed: bool = False  # the utterance ended at this pause: the outcome finishes it
 
 
 class StreamTranscriber:
@@ -167,6 +192,7 @@ class StreamTranscriber:
         self._previous_text = ""
         self._previous_audio_end = -1e9
         self.skipped_partials = 0
+        self.speculations: collections.Counter = collections.Counter()  # started / reused / discarded
 
     # -- utterance updates (pipeline thread) -------------------------------------------------
 
@@ -174,6 +200,7 @@ class StreamTranscriber:
         """Handle one segmenter update (``daemon.segmenter.Utterance``)."""
         now = time.monotonic()
         duration = len(utterance.samples) / SAMPLE_RATE
+        reused: Optional[DecodeOutcome] = None
         with self._lock:
             state = self._open.get(utterance.utterance_id)
             if state is None:
@@ -189,16 +216,34 @@ class StreamTranscriber:
                 state.ended_at = now
                 state.duration = duration
                 self._previous_audio_end = utterance.audio_start + duration
-                state.final_windows = split_windows(utterance.samples)
+                speculation = self._valid_speculation(state, utterance)
+                if speculation is None:
+                    state.final_windows = split_windows(utterance.samples)
+                else:
+                    state.final_windows = speculation.request.windows  # fallback retries decode the same audio
                 state.final_results = [None] * len(state.final_windows)
                 state.final_attempts = [[] for _ in state.final_windows]
-                request = self._request(state, final=True, windows=state.final_windows, temperature=self.config.temperatures[0])
-            elif self._partial_due(state, duration):
+                if speculation is None:
+                    request = self._request(state, final=True, windows=state.final_windows, temperature=self.config.temperatures[0])
+                elif speculation.outcome is None:
+                    speculation.claimed = True  # still decoding: _on_speculation finishes the final
+                    return
+                else:
+                    reused = speculation.outcome
+            else:
+                if state.speculation is not None and state.speculation.speech_end != utterance.speech_end:
+                    self._drop_speculation(state)  # speech resumed: that decode heard too little
+                if utterance.pause and self._speculate(state, utterance):
+                    return
+                if not self._partial_due(state, duration):
+                    return
                 state.last_partial_s = duration
                 request = self._request(state, final=False, windows=split_windows(utterance.samples))
                 request.submitted = now
-            else:
-                return
+        if reused is not None:
+            # decoded before the end was known: handle it here as the worker would have
+            self._on_final(reused)
+            return
         # outside the lock: a final may block here while inference catches up (back-pressure)
         self._scheduler.submit(request)
 
@@ -207,6 +252,7 @@ class StreamTranscriber:
         with self._lock:
             for state in self._open.values():
                 if not state.final_submitted:
+                    self._drop_speculation(state)
                     state.lease.release()
             self._open = {key: s for key, s in self._open.items() if s.final_submitted}
 
@@ -232,6 +278,50 @@ class StreamTranscriber:
             self.skipped_partials += 1  # inference is behind: finals first
             return False
         return True
+
+    def _speculate(self, state: _Utterance, utterance: Utterance) -> bool:
+        """Start the final's first decode at a pause; False if not started (then a partial may go)."""
+        if not self.config.speculative_final or utterance.speech_end is None:
+            return False
+        if self._scheduler.finals_waiting() >= self._scheduler.max_batch:
+            return False  # inference is behind: real finals first, this one may never be needed
+        self._drop_speculation(state)
+        request = self._request(state, final=True, windows=split_windows(utterance.samples), temperature=self.config.temperatures[0])
+        request.on_done = self._on_speculation
+        # never wait for queue room here (timeout=0): a speculation is optional work
+        if not self._scheduler.submit(request, timeout=0):
+            return False
+        state.speculation = _Speculation(utterance.speech_end, request)
+        self.speculations["started"] += 1
+        return True
+
+    def _valid_speculation(self, state: _Utterance, ended: Utterance) -> Optional[_Speculation]:
+        """The speculation that can stand for this ended utterance's first decode, if any.
+
+        Valid when no speech came after the pause (same speech_end), its prompt is the one
+        the final would get now (a previous final may have finished since, with
+        condition_on_previous_text), and it did not fail.
+        """
+        speculation = state.speculation
+        valid = (
+            speculation is not None
+            and ended.speech_end is not None
+            and speculation.speech_end == ended.speech_end
+            and speculation.request.prompt == build_prompt(self.config, self._previous_text)
+            and (speculation.outcome is None or speculation.outcome.error is None)
+        )
+        if not valid:
+            self._drop_speculation(state)
+            return None
+        self.speculations["reused"] += 1
+        return speculation
+
+    def _drop_speculation(self, state: _Utterance) -> None:
+        if state.speculation is not None:
+            # if it is already being decoded, _on_speculation ignores the outcome
+            self._scheduler.withdraw(state.speculation.request)
+            state.speculation = None
+            self.speculations["discarded"] += 1
 
     def _request(self, state: _Utterance, final: bool, windows: list[np.ndarray], temperature: float = 0.0) -> DecodeRequest:
         language = None if self.config.language == "auto" else self.config.language
@@ -270,6 +360,17 @@ class StreamTranscriber:
             audio_end = state.audio_start + sum(len(w) for w in outcome.request.windows) / SAMPLE_RATE
             event = self._event(state, "partial", stable, tail, kept, outcome, audio_end, ready - outcome.request.submitted)
         self._emit(event)
+
+    def _on_speculation(self, outcome: DecodeOutcome) -> None:
+        with self._lock:
+            state = self._open.get(outcome.request.key)
+            speculation = state.speculation if state is not None else None
+            if speculation is None or speculation.request is not outcome.request:
+                return  # withdrawn too late: speech resumed or the stream closed
+            speculation.outcome = outcome
+            if not speculation.claimed:
+                return  # the ended update (or more speech) decides what it is worth
+        self._on_final(outcome)
 
     def _on_final(self, outcome: DecodeOutcome) -> None:
         with self._lock:

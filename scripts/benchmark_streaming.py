@@ -22,6 +22,7 @@ Short smoke run (about 1 minute):
 from __future__ import annotations
 
 import argparse
+import collections
 import logging
 import statistics
 import sys
@@ -124,7 +125,8 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
         spoken[name] = spoken_stream(CORPUS, ids)
         wav = write_wav(workdir / f"{name}.wav", spoken[name].samples)
         capture = CaptureStream(StreamConfig(name=name, file=str(wav), speed=1.0), CaptureOptions(), events)
-        transcriber = StreamTranscriber(name, TranscriptionConfig(partials=not args.no_partials), scheduler, engines, events)
+        config = TranscriptionConfig(partials=not args.no_partials, speculative_final=not args.no_speculative_final)
+        transcriber = StreamTranscriber(name, config, scheduler, engines, events)
         pipelines.append(StreamPipeline(capture, segmenter_for(name), transcriber))
     audio_s = max(len(s.samples) for s in spoken.values()) / 16000
     try:
@@ -137,6 +139,8 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
         for pipeline in pipelines:
             pipeline.abort()
         scheduler.stop(timeout=60)
+    speculations = sum((p.transcriber.speculations for p in pipelines), collections.Counter())
+    print(f"{len(ids_per_stream)} stream(s): speculative finals {dict(speculations)}", file=sys.stderr)
     finals = events.finals()
     gaps = events.of_type(GapEvent)
     return RunResult(
@@ -181,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", default="1,2,4,6,8", help="stream counts to try, in increasing order")
     parser.add_argument("--latency-bound", type=float, default=2.0, help="p95 final latency that still counts as keeping up (s)")
     parser.add_argument("--no-partials", action="store_true", help="finals only (partials are on in the daemon by default)")
+    parser.add_argument("--no-speculative-final", action="store_true", help="start final decodes only at the end of the utterance")
     parser.add_argument("--short", action="store_true", help="smoke run: 30 s latency run, 20 s per capacity run, N = 1, 2")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -8,7 +8,7 @@ import pytest
 from daemon.capture import AudioBlock
 from daemon.config.audio import SegmenterOptions
 from daemon.segmenter import Segmenter, quietest_point
-from daemon.vad import EnergyVad, SileroVad
+from daemon.vad import FRAME_SAMPLES, EnergyVad, SileroVad
 from engines.audio import load_audio
 
 RATE = 16000
@@ -81,15 +81,41 @@ def test_updates_come_every_interval_and_end_exactly_once(two_utterances):
     for utterance_id in {u.utterance_id for u in updates}:
         mine = [u for u in updates if u.utterance_id == utterance_id]
         assert [u.ended for u in mine] == [False] * (len(mine) - 1) + [True]
-        lengths = [len(u.samples) / RATE for u in mine]
-        steps = np.diff(lengths[:-1])
-        assert all(1.0 - 1e-6 <= step < 1.0 + 0.033 for step in steps)  # at most one frame late
-        assert lengths[-1] - lengths[-2] <= 1.0 + 0.033 + options.min_silence_s
+        # pause updates come off the schedule as well (see the next test); the periodic ones
+        # are every non-pause update and each pause that fell due anyway
+        last = len(mine[0].samples) / RATE
+        for u in mine[1:-1]:
+            step = len(u.samples) / RATE - last
+            if u.pause and step < 1.0 - 1e-6:
+                continue
+            assert 1.0 - 1e-6 <= step < 1.0 + 0.033  # at most one frame late
+            last += step
+        assert len(mine[-1].samples) / RATE - last <= 1.0 + 0.033 + options.min_silence_s
         # every update is the same utterance growing: a prefix of the final
         for u in mine[:-1]:
             np.testing.assert_array_equal(u.samples, mine[-1].samples[: len(u.samples)])
             assert u.audio_start == mine[-1].audio_start
     assert len(updates) > 6  # ~3 s and ~7 s of speech
+
+
+def test_a_pause_update_comes_at_the_first_silent_frame_whatever_the_interval(two_utterances):
+    signal, _ = two_utterances
+    options = SegmenterOptions(update_interval_s=100.0)  # no periodic update at all
+    updates = run(Segmenter("mic", options, SileroVad()), signal)
+    ended = [u for u in updates if u.ended]
+    assert len(ended) == 2
+    for final in ended:
+        pauses = [u for u in updates if u.utterance_id == final.utterance_id and not u.ended]
+        assert pauses and all(u.pause for u in pauses)  # the only updates besides the end
+        for pause in pauses:
+            # sent on the first silent frame: one frame after the last speech frame
+            assert len(pause.samples) - pause.speech_end == FRAME_SAMPLES
+            np.testing.assert_array_equal(pause.samples, final.samples[: len(pause.samples)])
+        # the last pause is where the speech really ended: nothing but silence came after it,
+        # and the end came min_silence_s (rounded up to whole frames) after the speech
+        assert final.speech_end == pauses[-1].speech_end
+        silence = (len(final.samples) - final.speech_end) / RATE
+        assert options.min_silence_s - 1e-6 <= silence < options.min_silence_s + FRAME_SAMPLES / RATE
 
 
 def test_max_length_cuts_in_a_quiet_moment_and_continues(corpus):

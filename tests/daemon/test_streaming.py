@@ -382,3 +382,131 @@ def test_partials_are_skipped_while_finals_wait_and_no_final_is_dropped(corpus, 
         scheduler.stop()
     assert [e.utterance_id for e in events.finals()] == ["u0", "u1", "u2"]
     assert all("longer" in e.text.lower() for e in events.finals())
+
+
+# -- speculative finals ----------------------------------------------------------------------
+
+FRAME = 512  # the segmenter's 32-ms VAD frame
+
+
+def _counting_scheduler(calls: list) -> InferenceScheduler:
+    def counting(model, mel, options):
+        calls.append([option.temperature for option in options])
+        return decode(model, mel, options)
+
+    return InferenceScheduler(decode=counting)
+
+
+def _pause_then_end(audio: np.ndarray, silence_s: float = 0.25) -> tuple[Utterance, Utterance]:
+    """What the segmenter sends when the talker stops: a pause update one frame into the
+    silence, then the end min_silence_s later, with no speech in between."""
+    silence = np.zeros(int(silence_s * 16000), np.float32)
+    speech_end = len(audio)
+    pause = Utterance("mic", "u1", 0.0, 0.0, np.concatenate([audio, silence[:FRAME]]), False, pause=True, speech_end=speech_end)
+    ended = Utterance("mic", "u1", 0.0, 0.0, np.concatenate([audio, silence]), True, speech_end=speech_end)
+    return pause, ended
+
+
+@pytest.mark.parametrize("decoded_before_the_end", [False, True])
+def test_a_speculative_decode_becomes_the_final_when_speech_does_not_resume(corpus, tiny_en_model, decoded_before_the_end):
+    audio = load_audio_file(corpus, "ls_1089-134691-0000")
+    pause, ended = _pause_then_end(audio)
+    calls: list = []
+    scheduler = _counting_scheduler(calls)
+    events = Collected()
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(partials=False), scheduler, engines_for(tiny_en_model), events)
+    try:
+        transcriber.push(pause)
+        assert scheduler.pending() == (1, 0)  # the final's decode is queued before the end is known
+        if decoded_before_the_end:
+            scheduler.start()
+            assert scheduler.wait_idle(120) and events.events == []  # nothing published at a pause
+        transcriber.push(ended)
+        assert scheduler.pending() == ((0, 0) if decoded_before_the_end else (1, 0))  # no second decode queued
+        if not decoded_before_the_end:
+            scheduler.start()
+        assert scheduler.wait_idle(120)
+    finally:
+        scheduler.stop()
+    assert calls == [[0.0]]  # one decode in all
+    (final,) = events.finals()
+    assert "longer" in final.text.lower()
+    assert final.audio_end == pytest.approx(ended.audio_end)  # the final covers the whole utterance
+
+
+def test_a_speculative_decode_is_discarded_when_speech_resumes(corpus, tiny_en_model):
+    audio = load_audio_file(corpus, "ls_1089-134691-0000")
+    half = len(audio) // 2 // FRAME * FRAME
+    calls: list = []
+    scheduler = _counting_scheduler(calls)
+    events = Collected()
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(partials=False), scheduler, engines_for(tiny_en_model), events)
+    try:
+        # a pause mid-sentence, then the talker goes on: the update after it has later speech
+        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, audio[: half + FRAME], False, pause=True, speech_end=half))
+        assert scheduler.pending() == (1, 0)
+        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, audio[: half + 8 * FRAME], False, speech_end=half + 8 * FRAME))
+        assert scheduler.pending() == (0, 0)  # withdrawn before it cost anything
+        pause, ended = _pause_then_end(audio)
+        transcriber.push(ended)  # ends without a pause update at the real end: decoded normally
+        scheduler.start()
+        assert scheduler.wait_idle(120)
+    finally:
+        scheduler.stop()
+    assert calls == [[0.0]]
+    (final,) = events.finals()
+    assert final.text.lower().rstrip(".").endswith("longer")  # the whole sentence, not its first half
+
+
+def test_a_speculation_already_decoded_is_ignored_when_speech_resumes(corpus, tiny_en_model, scheduler):
+    audio = load_audio_file(corpus, "ls_1089-134691-0000")
+    half = len(audio) // 2 // FRAME * FRAME
+    pause = Utterance("mic", "u1", 0.0, 0.0, audio[: half + FRAME], False, pause=True, speech_end=half)
+    _, ended = _pause_then_end(audio)
+    events = _final_of(tiny_en_model, scheduler, TranscriptionConfig(partials=False), pause, ended)
+    (final,) = events.finals()
+    assert final.text.lower().rstrip(".").endswith("longer")
+
+
+def test_a_reused_speculation_still_goes_through_the_temperature_fallback(corpus, tiny_en_model):
+    seen = []
+    scheduler = InferenceScheduler(decode=_looping_at({0.0}, seen))
+    scheduler.start()
+    try:
+        pause, ended = _pause_then_end(load_audio_file(corpus, "ls_1089-134691-0000"))
+        events = _final_of(tiny_en_model, scheduler, TranscriptionConfig(partials=False), pause, ended)
+    finally:
+        scheduler.stop()
+    assert seen == [0.0, 0.2]  # the looping speculative result was retried hotter, once
+    (final,) = events.finals()
+    assert "longer" in final.text.lower() and final.confidence.temperature == 0.2
+
+
+def test_speculative_finals_read_corpus_speech_as_well_as_plain_finals(corpus, tmp_path, tiny_en_model):
+    spoken = spoken_stream(corpus)
+    wav = write_wav(tmp_path / "mic.wav", spoken.samples)
+    finals, decodes, rates = {}, {}, {}
+    for speculative in (False, True):
+        calls: list = []
+        scheduler = _counting_scheduler(calls)
+        scheduler.start()
+        events = Collected()
+        config = TranscriptionConfig(partials=False, speculative_final=speculative)
+        transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_en_model), events)
+        try:
+            run_synchronously(wav, transcriber, scheduler, segmenter_for("mic"))
+        finally:
+            scheduler.stop()
+        finals[speculative] = events.finals()
+        decodes[speculative] = len(calls)
+        hypotheses = spoken.hypotheses(events.finals())
+        rates[speculative] = corpus_counts((spoken.references[k], hypotheses.get(k, "")) for k in spoken.references).rate
+    # the same utterances, each ended without a second decode
+    assert [(e.audio_start, e.audio_end) for e in finals[True]] == [(e.audio_start, e.audio_end) for e in finals[False]]
+    assert transcriber.speculations["reused"] == len(finals[True])
+    # pauses that speech resumed after cost a decode each; the ends cost none
+    assert decodes[True] == decodes[False] + transcriber.speculations["discarded"]
+    same = sum(a.text == b.text for a, b in zip(finals[True], finals[False]))
+    print(f"{len(finals[True])} finals, {same} with identical text; WER plain {rates[False]:.3f}, speculative {rates[True]:.3f}")
+    assert same >= len(finals[True]) - 1  # the audio after the pause is silence: a word may change, rarely
+    assert rates[True] <= rates[False] + 0.02
