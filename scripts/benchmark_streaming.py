@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| WER streaming finals ({words} words) | {100 * streaming_wer:.1f} % | |")
         print(f"| WER offline, same files | {100 * offline_wer:.1f} % | |")
         print(f"| streaming - offline | {100 * (streaming_wer - offline_wer):+.1f} points | <= +1 point |")
-        print("\nLatency is counted from the segmenter's end-of-utterance update, which comes "
-              "min_silence_s (0.3 s by default) after the last word.\n")
+        print("\nEnd of speech = the last voiced 20 ms of the utterance's audio; the end-of-utterance "
+              "update follows it by segmenter.min_silence_s. The table below counts from that update.\n")
 
         # 3: how many real-time streams one engine keeps up with
         print("| streams | audio/stream | finals | partials | gaps (lost s) | latency p50 | p95 | max | decode batches (size: count) | keeps up |")
