@@ -133,6 +133,9 @@ class Overrun(Exception):
 
 class Source(Protocol):
     rate: int  # after open(): sample rate of what read() returns
+    # Seconds of audio delivered per wall-clock second: 1 for a device, more for a file replayed
+    # fast. Block wall times and xrun losses are reckoned in wall seconds, so they divide by it.
+    speed: float
 
     def open(self) -> str:
         """Open the input; returns a one-line description. Raises AudioInputError if it is unavailable."""
@@ -162,6 +165,7 @@ class AlsaSource:
         self._pcm = None
         self.settings: Optional[_PcmSettings] = None
         self.rate = rate or SAMPLE_RATE
+        self.speed = 1.0
 
     def _candidates(self) -> list[tuple[int, int, str]]:
         rate, channels, sample_format = self._wanted
@@ -446,7 +450,7 @@ class CaptureStream:
                 continue
             if overrun_pending:
                 # what the device lost = wall time since the last good read not covered by this read
-                lost = (now - last_read) - len(samples) / self._source.rate
+                lost = ((now - last_read) - len(samples) / (self._source.rate * self._source.speed)) * self._source.speed
                 overrun_pending = False
                 if lost >= _MIN_REPORTED_GAP_S:
                     self._report_gap("xrun", self._audio_time, lost, now)
@@ -458,7 +462,7 @@ class CaptureStream:
             last_read = now
             if resampler is not None:
                 samples = resampler.process(samples)
-            self._queue(samples, now - len(samples) / SAMPLE_RATE)
+            self._queue(samples, now - len(samples) / (SAMPLE_RATE * self._source.speed))
         return "stopped"
 
     def _queue(self, samples: np.ndarray, wall_time: float) -> None:

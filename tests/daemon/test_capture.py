@@ -109,7 +109,7 @@ def test_wav_stream_delivers_contiguous_blocks_and_ends(corpus):
     path = corpus / "en" / "arctic_axb_a0005.wav"
     events: list = []
     stream = CaptureStream(StreamConfig(name="wav", file=str(path), speed=8.0), CaptureOptions(), events.append)
-    started = time.monotonic()
+    started, started_wall = time.monotonic(), time.time()
     stream.start()
     blocks, levels_while_up = [], []
     deadline = time.monotonic() + 10
@@ -128,6 +128,11 @@ def test_wav_stream_delivers_contiguous_blocks_and_ends(corpus):
     starts = np.array([b.audio_start for b in blocks])
     np.testing.assert_allclose(starts, np.cumsum([0] + [len(b.samples) for b in blocks[:-1]]) / 16000, atol=1e-9)
     assert elapsed >= len(expected) / 16000 / 8.0 * 0.9  # paced, not dumped at once
+    # A block's wall time is when its first sample was "spoken": at 8x a 0.1-s block takes 12.5 ms,
+    # so none can start before the stream did (latency figures count from these times).
+    assert started_wall - 0.005 <= blocks[0].wall_time <= started_wall + 0.1
+    wall = np.array([b.wall_time for b in blocks])
+    np.testing.assert_allclose(wall - wall[0], (starts - starts[0]) / 8.0, atol=0.05)
     assert [e.state for e in events if isinstance(e, StreamStateEvent)] == ["up", "down"]
     assert not [e for e in events if isinstance(e, GapEvent)]
     assert stream.stats().blocks == len(blocks)
@@ -183,10 +188,11 @@ class OverrunningWav(WavSource):
         return super().read()
 
 
-def test_overrun_is_counted_and_reported_as_a_gap_of_the_lost_time(corpus):
+@pytest.mark.parametrize("speed", [1.0, 2.0])
+def test_overrun_is_counted_and_reported_as_a_gap_of_the_lost_time(corpus, speed):
     events: list = []
     path = corpus / "en" / "arctic_axb_a0005.wav"
-    source = OverrunningWav(path, period_s=0.1, speed=1.0, stall_s=0.4)
+    source = OverrunningWav(path, period_s=0.1, speed=speed, stall_s=0.4)
     stream = CaptureStream(StreamConfig(name="x", file=str(path)), CaptureOptions(), events.append, source=source)
     stream.start()
     blocks = []
@@ -198,7 +204,7 @@ def test_overrun_is_counted_and_reported_as_a_gap_of_the_lost_time(corpus):
     stream.stop()
     gaps = [e for e in events if isinstance(e, GapEvent)]
     assert len(gaps) == 1 and gaps[0].reason == "xrun"
-    assert gaps[0].duration_s == pytest.approx(0.4, abs=0.1)
+    assert gaps[0].duration_s == pytest.approx(0.4 * speed, abs=0.1 * speed)  # a 0.4-s stall, in audio seconds
     assert gaps[0].audio_start == pytest.approx(0.4, abs=1e-6)  # after 4 blocks of 0.1 s
     assert blocks[4].audio_start == pytest.approx(0.4 + gaps[0].duration_s, abs=1e-6)
     assert stream.stats().xruns == 1
