@@ -83,7 +83,7 @@ class EngineManager:
 
             return load_model(package_dir, backend=engine.backend, engine_dir=engine.engine_dir, threads=engine.threads)
 
-        return cls(load, models.serving or engine.package_dir, models.upgrade, emit)
+        return cls(load, models.serving, models.upgrade, emit)
 
     def start(self) -> None:
         """Load the serving model now (the caller waits for it) and the upgrade in the background."""

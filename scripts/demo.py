@@ -68,8 +68,9 @@ streams:
   - name: mic1
     file: {RECORDING}
     speed: {speed}
+models:
+  serving: {package}
 engine:
-  package_dir: {package}
   engine_dir: {state_dir / "engines"}
 mqtt:
   host: 127.0.0.1

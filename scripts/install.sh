@@ -206,8 +206,8 @@ install_config() {
 
 build_model() {
     local package
-    package="$(config_value engine.package_dir "$STATE/model")"
-        run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE" "$STATE/models" "$CACHE" "$CACHE/engines"
+    package="$(config_value models.serving "$STATE/model")"
+    run install -d -o "$SERVICE_USER" -g "$SERVICE_USER" -m 0750 "$STATE" "$STATE/models" "$CACHE" "$CACHE/engines"
     if [ -f "$package/manifest.json" ]; then
         say "model package present: $package (delete it to export again)"
     else
@@ -221,8 +221,9 @@ build_model() {
         fi
         run runuser -u "$SERVICE_USER" -- "$EDGESCRIBE" export --source "$source" --out "$package"
     fi
-    # Engines are specific to this GPU and TensorRT version; build-engines skips current ones and
-    # reads precision, batch and shapes from the config, exactly as edgescribe-engines.service does.
+    # Engines are specific to this GPU and TensorRT version; build-engines builds them for
+    # models.serving and models.upgrade, skips current ones and reads precision, batch and shapes
+    # from the config, exactly as edgescribe-engines.service does.
     # A failed build is not fatal: the daemon then serves on ONNX Runtime and says why.
     run runuser -u "$SERVICE_USER" -- "$EDGESCRIBE" build-engines --config "$CONFIG" \
         || say "warning: TensorRT engines were not built (see above); the daemon will run on ONNX Runtime"

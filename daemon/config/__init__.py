@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
 from daemon.config.engine import EngineConfig
 from daemon.config.loader import InvalidConfig, load_file
+from daemon.config.models import ModelsConfig
 from daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig, PrometheusConfig
 from daemon.config.schema import setting
 from daemon.config.service import DEVICE_ID_PATTERN, DEVICE_ID_TEXT, LoggingConfig, ServiceConfig
-from daemon.config.transcription import ModelsConfig, TranscriptionConfig
+from daemon.config.transcription import TranscriptionConfig
 
 DEFAULT_PATH = "/etc/edgescribe/config.yaml"
 
@@ -48,14 +50,24 @@ class Config:
     transcription: TranscriptionConfig = setting(
         default_factory=TranscriptionConfig, help="What Whisper is asked for and which results are kept."
     )
-    models: ModelsConfig = setting(default_factory=ModelsConfig, help="Which model serves first and which replaces it.")
-    engine: EngineConfig = setting(default_factory=EngineConfig, help="Model package and inference backend.")
+    models: ModelsConfig = setting(
+        default_factory=ModelsConfig, help="Which model package serves from start-up, and which larger one replaces it."
+    )
+    engine: EngineConfig = setting(
+        default_factory=EngineConfig, help="How the models run: inference backend and TensorRT engines."
+    )
     mqtt: MqttConfig = setting(default_factory=MqttConfig, help="The broker transcripts and health are published to.")
     health: HealthConfig = setting(default_factory=HealthConfig, help="Periodic health reports.")
     homeassistant: HomeAssistantConfig = setting(
         default_factory=HomeAssistantConfig, help="Home Assistant MQTT discovery."
     )
     prometheus: PrometheusConfig = setting(default_factory=PrometheusConfig, help="Prometheus metrics endpoint.")
+
+    # Keys a technician's older file may still use -> the one key that holds the setting now
+    # (one knob per concept). A file using one fails with a line naming the new key.
+    moved_keys: ClassVar[dict[str, str]] = {
+        "engine.package_dir": "models.serving",
+    }
 
     def problems(self) -> list[tuple[str, str]]:
         found = []

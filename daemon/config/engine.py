@@ -1,4 +1,4 @@
-"""Configuration section: engine (which model package runs, and on what backend)."""
+"""Configuration section: engine (how the model packages in ``models`` run: backend and TensorRT engines)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from daemon.config.schema import setting
 # One place for the defaults that `edgescribe build-engines` and the daemon share, so the
 # engines the install-time unit builds are the ones the daemon looks for.
 DEFAULT_ENGINE_DIR = Path("/var/cache/edgescribe/engines")  # rebuilt when stale, so cache
-DEFAULT_PACKAGE_DIR = Path("/var/lib/edgescribe/model")  # whichever model install.sh --model exported
 DEFAULT_MAX_BATCH = 4
 DEFAULT_MAX_PROMPT_TOKENS = 224
 DEFAULT_WORKSPACE_MB = 1024
@@ -19,10 +18,6 @@ DEFAULT_WORKSPACE_MB = 1024
 
 @dataclass
 class EngineConfig:
-    package_dir: Path = setting(
-        DEFAULT_PACKAGE_DIR,
-        "Model package directory written by `edgescribe export` (holds manifest.json, encoder.onnx, decoder.onnx).",
-    )
     backend: Literal["auto", "tensorrt", "onnxruntime"] = setting(
         "auto",
         "Inference backend. auto uses TensorRT when engines built for this device are in engine_dir, "

@@ -234,12 +234,17 @@ def field_default(field: dataclasses.Field) -> Any:
 
 
 class _Converter:
-    """Walks the node tree along the declared types, recording problems instead of stopping."""
+    """Walks the node tree along the declared types, recording problems instead of stopping.
 
-    def __init__(self):
+    ``moved`` maps keys that are no longer read (dotted paths, list items as ``streams[]``)
+    to the key that replaced them, so an old file is told where the setting went.
+    """
+
+    def __init__(self, moved: Optional[dict[str, str]] = None):
         self.problems: list[Problem] = []
         self.visited = 0
         self.constructor = SafeConstructor()
+        self.moved = moved or {}
 
     def problem(self, node: Optional[Node], path: str, message: str) -> _Invalid:
         line = node.start_mark.line + 1 if node is not None else 1
@@ -405,6 +410,10 @@ class _Converter:
         return instance
 
     def unknown_key(self, key_node: Node, key: str, fields: dict[str, Any], path: str) -> None:
+        replacement = self.moved.get(re.sub(r"\[\d+\]", "[]", _join(path, key)))
+        if replacement is not None:
+            self.problem(key_node, _join(path, key), f"this key moved: set {replacement} instead")
+            return
         if key.lower() in _SECRET_KEYS:
             self.problem(key_node, _join(path, key), _secret_message(key, fields, path))
             return
@@ -505,7 +514,7 @@ def load_text(text: str, root: type, filename: str = "<config>") -> Any:
     node = compose(text, filename)
     if node is None:  # empty file or only comments: every default, required keys reported missing
         node = MappingNode(_TAG + "map", [], start_mark=yaml.Mark(filename, 0, 0, 0, None, None))
-    converter = _Converter()
+    converter = _Converter(getattr(root, "moved_keys", None))
     try:
         result = converter.section(node, root, "")
     except RecursionError:

@@ -292,6 +292,7 @@ def render_markdown(root: type) -> str:
         "Every problem is reported at once, one line each, as `file:line: key.path: got ...; expected ...`,",
         "and the command exits with status 2; the daemon refuses to start on the same problems.",
         "Unknown keys are errors (with a suggestion when one is close), and so are duplicate keys.",
+        "A key that moved is an error naming the key to set instead (see [Keys that moved](#keys-that-moved)).",
         "Text keys take what was typed: `language: no` stays the text `no`.",
         "",
         "Secrets are never written in this file. The MQTT password is read from `mqtt.password_file`",
@@ -317,6 +318,13 @@ def render_markdown(root: type) -> str:
             out += [f"Default: `{_md_items(section, key.default)}`", ""]
         out += ["| key | allowed values | default | description |", "|---|---|---|---|"]
         out += _md_rows(section, key.name + ("[]." if is_list else "."))
+        out.append("")
+    moved = getattr(root, "moved_keys", {})
+    if moved:
+        out += ["## Keys that moved", "",
+                "Older files may use these keys; they are rejected with the key to set instead.", "",
+                "| old key | set instead |", "|---|---|"]
+        out += [f"| `{old}` | `{new}` |" for old, new in moved.items()]
         out.append("")
     return "\n".join(out).rstrip("\n") + "\n"
 

@@ -11,6 +11,11 @@ dataclass and a list of them. Checks that span several keys go in an optional me
 ``problems(self) -> list[tuple[str, str]]`` on the section dataclass, returning
 (key relative to the section, message) pairs; the loader reports them with line numbers.
 A ``__post_init__`` that raises ``ValueError`` is reported at the section's line.
+
+A key is never silently dropped when a setting moves: the root dataclass lists the old
+dotted path in its class attribute ``moved_keys`` (``ClassVar[dict[str, str]]``, old path
+-> the key to set instead; list items written ``streams[].name``), and a file that still
+uses it gets one line naming the new key.
 """
 
 from __future__ import annotations

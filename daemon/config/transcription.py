@@ -1,14 +1,13 @@
-"""Configuration sections: transcription (what the live transcriber asks Whisper for and
-which results it keeps) and models (which model serves first, which one replaces it).
+"""Configuration section: transcription (what the live transcriber asks Whisper for and
+which results it keeps).
 
-Consumed by daemon/streaming.py and daemon/scheduler.py.
+Consumed by daemon/streaming.py.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from daemon.config.schema import setting
 
@@ -114,18 +113,3 @@ class TranscriptionConfig:
         if any(not word.strip() for word in self.hotwords):
             found.append(("hotwords", "hotwords must not be empty strings"))
         return found
-
-
-@dataclass
-class ModelsConfig:
-    serving: Optional[Path] = setting(
-        None,
-        "Model package served from start-up (a small one starts fast). Empty uses engine.package_dir.",
-        example="/var/lib/edgescribe/models/tiny.en",
-    )
-    upgrade: Optional[Path] = setting(
-        None,
-        "Optional larger model package loaded in the background after start-up; transcription "
-        "switches to it between utterances once it is ready, without losing audio.",
-        example="/var/lib/edgescribe/models/base",
-    )

@@ -1,5 +1,7 @@
 """``edgescribe build-engines``: build, validate and cache TensorRT engines for this device.
 
+With ``--config`` it builds for every model package the daemon may serve: ``models.serving``
+and, when set, ``models.upgrade`` (each into ``engine_dir/<package directory name>``).
 Run at install time (systemd/edgescribe-engines.service) and after JetPack upgrades. When the
 engines in the output directory already match this package, device, TensorRT, L4T release and
 settings, it loads them once to be sure and exits 0 without building: that makes it safe to
@@ -10,8 +12,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +22,12 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from daemon.config.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_WORKSPACE_MB
 
-    parser.add_argument("--config", type=Path, help="take model, output directory and settings from this config file's engine section")
-    parser.add_argument("--model", type=Path, help="model package directory (from edgescribe export)")
+    parser.add_argument(
+        "--config", type=Path,
+        help="build for every package the daemon may serve (models.serving and models.upgrade), "
+        "with the output directory and settings of this config file's engine section",
+    )
+    parser.add_argument("--model", type=Path, help="build for this model package directory only (from edgescribe export)")
     parser.add_argument("--out", type=Path, help="engine directory (the daemon's engine.engine_dir)")
     parser.add_argument("--precision", choices=("fp16", "fp32"), help="engine precision (default fp16)")
     parser.add_argument("--max-batch", type=int, help=f"largest batch = number of streams (default {DEFAULT_MAX_BATCH})")
@@ -37,34 +44,48 @@ def run(args: argparse.Namespace) -> int:
     from engines.tensorrt import seam
     from engines.tensorrt.builder import profiles
 
-    package_dir, engine_dir, options, threads = _settings(args)
-    if package_dir is None or engine_dir is None:
-        raise ConfigError("build-engines needs --model and --out (or --config with an engine section)")
-    package = ModelPackage.load(package_dir)
-    try:
-        profiles(package.dims, options, package.layer_inputs)  # settings the model cannot take fail before the GPU is touched
-    except ValueError as error:
-        raise ConfigError(f"build-engines: {error}") from None
-    trt = seam.load()
-    built = build_engines(package, engine_dir, options, trt, force=args.force, threads=threads, system_root=args.system_root)
-    print(f"{'built and validated' if built else 'up to date:'} TensorRT engines in {engine_dir / package.dir.name}")
+    settings = _settings(args)
+    if not settings.package_dirs or settings.engine_dir is None:
+        raise ConfigError("build-engines needs --model and --out (or --config)")
+    # In order, serving package first: if the upgrade is missing or fails to build, start-up
+    # still has its engines. Each package's settings are checked before the GPU is touched.
+    trt = None
+    for package_dir in settings.package_dirs:
+        package = ModelPackage.load(package_dir)
+        try:
+            profiles(package.dims, settings.options, package.layer_inputs)
+        except ValueError as error:
+            raise ConfigError(f"build-engines: model package {package.dir}: {error}") from None
+        if trt is None:
+            trt = seam.load()
+        built = build_engines(
+            package, settings.engine_dir, settings.options, trt,
+            force=args.force, threads=settings.threads, system_root=args.system_root,
+        )
+        print(f"{'built and validated' if built else 'up to date:'} TensorRT engines in {settings.engine_dir / package.dir.name}")
     return 0
 
 
-def _settings(args: argparse.Namespace):
+@dataclass(frozen=True)
+class BuildSettings:
+    package_dirs: list[Path]  # the serving package first, then the upgrade
+    engine_dir: Optional[Path]
+    options: Any  # engines.tensorrt.builder.BuildOptions
+    threads: int
+
+
+def _settings(args: argparse.Namespace) -> BuildSettings:
+    """What to build, where and how: flags first, then the config file, then the defaults."""
     from engines.errors import ConfigError
     from engines.tensorrt.builder import BuildOptions
+    from daemon.config.engine import EngineConfig
 
-    engine = None
+    config = None
     if args.config is not None:
         from daemon.config import load_config
 
-        engine = getattr(load_config(args.config), "engine", None)
-        if engine is None:
-            raise ConfigError(f"{args.config}: has no engine section")
-    from daemon.config.engine import EngineConfig
-
-    defaults = engine or EngineConfig()
+        config = load_config(args.config)
+    defaults = config.engine if config is not None else EngineConfig()
 
     def pick(flag, name):
         return flag if flag is not None else getattr(defaults, name)
@@ -78,10 +99,17 @@ def _settings(args: argparse.Namespace):
         )
     except ValueError as error:
         raise ConfigError(f"build-engines: {error}") from None
-    package_dir = args.model if args.model is not None else (engine.package_dir if engine else None)
-    engine_dir = args.out if args.out is not None else (engine.engine_dir if engine else None)
-    threads = args.threads or (engine.threads if engine else 0)
-    return package_dir, (Path(engine_dir) if engine_dir is not None else None), options, threads
+    if args.model is not None:
+        package_dirs = [Path(args.model)]
+    elif config is not None:
+        # every package the daemon may serve: a missing upgrade engine would put the
+        # bigger model on the CPU at the moment it takes over
+        package_dirs = [p for p in (config.models.serving, config.models.upgrade) if p is not None]
+    else:
+        package_dirs = []
+    engine_dir = args.out if args.out is not None else (config.engine.engine_dir if config is not None else None)
+    threads = args.threads or (config.engine.threads if config is not None else 0)
+    return BuildSettings(package_dirs, Path(engine_dir) if engine_dir is not None else None, options, threads)
 
 
 def build_engines(

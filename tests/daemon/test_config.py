@@ -152,6 +152,55 @@ def test_keys_written_one_level_too_high_are_pointed_home():
     ]
 
 
+def test_keys_that_moved_name_the_key_to_set_instead():
+    text = "device_id: x\ntimeout: 3\nlink:\n  server: broker\nstreams:\n  - name: a\n  - name: b\n    volume_db: 2\n"
+    assert problems(text) == [
+        "c.yaml:2: timeout: this key moved: set timeout_s instead",
+        "c.yaml:4: link.server: this key moved: set link.host instead",
+        "c.yaml:8: streams[1].volume_db: this key moved: set streams[].gain_db instead",
+    ]
+
+
+def _declared(cls, prefix=""):
+    """Every dotted key path a section declares (list items as ``streams[]``)."""
+    hints = field_types(cls)
+    for field in dataclasses.fields(cls):
+        yield prefix + field.name
+        inner = unwrap_optional(hints[field.name])[0]
+        is_list = typing.get_origin(inner) is list
+        item = typing.get_args(inner)[0] if is_list else inner
+        if dataclasses.is_dataclass(item):
+            yield from _declared(item, prefix + field.name + ("[]." if is_list else "."))
+
+
+def test_every_moved_key_of_the_real_config_points_at_a_key_that_exists():
+    declared = set(_declared(Config))
+    assert Config.moved_keys  # the table the loader reads is the one the daemon declares
+    for old, new in Config.moved_keys.items():
+        assert old not in declared, f"{old} is still a key"
+        assert new in declared, f"{old} points at {new}, which is not a key"
+        section, key = old.split(".")
+        text = f"device_id: x\n{section}:\n  {key}: 1\n"
+        assert problems(text, Config) == [f"c.yaml:3: {old}: this key moved: set {new} instead"]
+
+
+def test_a_file_still_naming_the_package_under_engine_is_told_where_it_went(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("device_id: line3\nengine:\n  backend: auto\n  package_dir: /var/lib/edgescribe/model\n")
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path)
+    assert str(caught.value) == f"{path}:4: engine.package_dir: this key moved: set models.serving instead"
+
+
+def test_the_upgrade_package_must_differ_from_the_serving_one():
+    assert load_text("device_id: x\nmodels: {serving: /m/tiny.en, upgrade: /m/base}\n", Config).models.upgrade == Path("/m/base")
+    assert problems("device_id: x\nmodels:\n  serving: /m/tiny.en\n  upgrade: /m/tiny.en\n", Config) == [
+        "c.yaml:4: models.upgrade: is the serving package; name a different package, or leave it empty"
+    ]
+    (line,) = problems("device_id: x\nmodels:\n  serving: /a/model\n  upgrade: /b/model\n", Config)
+    assert line.startswith("c.yaml:4: models.upgrade: has the same directory name as serving (model)")
+
+
 def test_duplicate_keys_are_errors():
     assert problems("device_id: x\nlink: {}\nenabled: true\nlink: {port: 1}\n") == [
         "c.yaml:4: link: duplicate key (first given on line 2); keep one"
@@ -228,9 +277,9 @@ def test_stream_names_are_unique_and_streams_not_empty():
 
 
 def test_an_empty_path_means_not_set_never_the_current_directory():
-    assert load_text("device_id: x\nmodels: {serving: ''}\n", Config).models.serving is None
-    assert problems("device_id: x\nengine: {package_dir: ''}\n", Config) == [
-        "c.yaml:2: engine.package_dir: got ''; expected a path"
+    assert load_text("device_id: x\nmodels: {upgrade: ''}\n", Config).models.upgrade is None
+    assert problems("device_id: x\nmodels: {serving: ''}\n", Config) == [
+        "c.yaml:2: models.serving: got ''; expected a path"
     ]
 
 

@@ -244,7 +244,7 @@ def test_an_upgrade_that_fails_to_load_keeps_the_serving_model(tmp_path, tiny_en
 
 def test_the_daemon_configuration_names_the_packages_and_how_they_run(tiny_en_package):  # noqa: F811
     from daemon.config.engine import EngineConfig
-    from daemon.config.transcription import ModelsConfig
+    from daemon.config.models import ModelsConfig
 
     events = Collected()
     engines = EngineManager.from_config(

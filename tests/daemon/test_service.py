@@ -31,8 +31,9 @@ streams:
   - name: press
     file: {audio}
     speed: {speed}
+models:
+  serving: {package}
 engine:
-  package_dir: {package}
   engine_dir: {state_dir / "engines"}
   threads: 2
 mqtt:

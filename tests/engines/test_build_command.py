@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_without_tensorrt_the_command_fails_with_one_line(main, capsys, tiny_pac
 
 def test_missing_model_and_out_is_a_usage_error(main, capsys):
     assert main(["build-engines"]) == 2
-    assert error_line(capsys) == "edgescribe build-engines: error: build-engines needs --model and --out (or --config with an engine section)"
+    assert error_line(capsys) == "edgescribe build-engines: error: build-engines needs --model and --out (or --config)"
 
 
 def test_bad_package_dir_is_named(main, capsys, tmp_path):
@@ -49,7 +50,7 @@ def test_bad_package_dir_is_named(main, capsys, tmp_path):
 
 def test_settings_the_model_cannot_take_are_refused_before_touching_the_gpu(main, capsys, tiny_package, tmp_path):  # noqa: F811
     assert main(["build-engines", "--model", str(tiny_package.dir), "--out", str(tmp_path), "--max-prompt-tokens", "449"]) == 2
-    assert error_line(capsys).endswith("build-engines: max_prompt_tokens 449 exceeds the model's text context 448")
+    assert error_line(capsys).endswith(f"build-engines: model package {tiny_package.dir}: max_prompt_tokens 449 exceeds the model's text context 448")
     assert main(["build-engines", "--model", str(tiny_package.dir), "--out", str(tmp_path), "--max-batch", "0"]) == 2
     assert error_line(capsys).endswith("build-engines: max_batch must be at least 1")
 
@@ -82,7 +83,7 @@ def verify(unit) -> subprocess.CompletedProcess:
 
 def test_settings_come_from_the_config_engine_section(main, capsys, tiny_package, tmp_path):  # noqa: F811
     config = tmp_path / "config.yaml"
-    config.write_text(f"device_id: line3\nengine:\n  package_dir: {tiny_package.dir}\n  max_batch: 2\n  max_prompt_tokens: 400\n")
+    config.write_text(f"device_id: line3\nmodels:\n  serving: {tiny_package.dir}\nengine:\n  max_batch: 2\n  max_prompt_tokens: 400\n")
     # Flags override the file: the file's 400 is fine, the flag's 449 is not.
     code = main(["build-engines", "--config", str(config), "--out", str(tmp_path / "e"), "--max-prompt-tokens", "449"])
     assert code == 2 and error_line(capsys).endswith("max_prompt_tokens 449 exceeds the model's text context 448")
@@ -98,3 +99,39 @@ def test_invalid_config_is_reported_by_the_loader(main, capsys, tmp_path):
     assert main(["build-engines", "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "precision" in err and "fp8" in err and "Traceback" not in err
+
+
+def _settings_for(*argv: str):
+    import argparse
+
+    from engines.tensorrt.build_command import _settings, add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return _settings(parser.parse_args(list(argv)))
+
+
+def test_the_config_builds_every_package_the_daemon_may_serve(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("device_id: line3\nmodels:\n  serving: /m/tiny.en\n  upgrade: /m/base\nengine:\n  engine_dir: /e\n")
+    settings = _settings_for("--config", str(config))
+    assert settings.package_dirs == [Path("/m/tiny.en"), Path("/m/base")]  # serving first: start-up needs it
+    assert settings.engine_dir == Path("/e")
+    # without an upgrade, only the serving package; --model builds just the one named
+    config.write_text("device_id: line3\nmodels:\n  serving: /m/tiny.en\n")
+    assert _settings_for("--config", str(config)).package_dirs == [Path("/m/tiny.en")]
+    assert _settings_for("--config", str(config), "--model", "/x/small").package_dirs == [Path("/x/small")]
+
+
+def test_a_missing_serving_package_is_named_from_the_config(main, capsys, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"device_id: line3\nmodels:\n  serving: {tmp_path / 'gone'}\n  upgrade: {tmp_path / 'base'}\n")
+    assert main(["build-engines", "--config", str(config), "--out", str(tmp_path / "e")]) == 1
+    assert error_line(capsys).endswith(f"model package {tmp_path / 'gone'}: no such directory; run edgescribe export to create it")
+
+
+def test_the_old_package_key_names_the_new_one(main, capsys, tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text("device_id: line3\nengine:\n  package_dir: /var/lib/edgescribe/model\n")
+    assert main(["build-engines", "--config", str(config)]) == 2
+    assert error_line(capsys) == f"edgescribe build-engines: error: {config}:3: engine.package_dir: this key moved: set models.serving instead"
