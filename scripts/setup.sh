@@ -33,3 +33,9 @@ extras="cpu,systemd,models,prometheus"
 [ $dev -eq 1 ] && extras="$extras,models-base,dev"
 echo "setup: installing edgescribe[$extras] into .venv"
 .venv/bin/python -m pip install -q -e ".[$extras]" 2>&1 | grep -v "^WARNING: Location" || true
+
+# The real TensorRT 10.3 Python bindings, for checking the seam's calls against the API
+# (tests/engines/test_tensorrt_seam.py); not a working TensorRT and no GPU.
+if [ $dev -eq 1 ]; then
+    scripts/fetch_tensorrt_api.sh
+fi

@@ -3,8 +3,9 @@
 Everything that needs the GPU goes through the few classes here, so the rest of
 ``engines/tensorrt`` (cache keys, build orchestration, buffer arithmetic, validation) runs
 and is tested on machines without a GPU. Written against the TensorRT 10 Python API as
-shipped by JetPack 6.1/6.2 (TensorRT 10.3) and pycuda >= 2024.1; see docs/jetson.md for
-what has and has not been run on hardware.
+shipped by JetPack 6.1/6.2 (TensorRT 10.3) and pycuda >= 2024.1. The TensorRT calls are
+checked against the real 10.3 bindings without a GPU (tests/engines/test_tensorrt_seam.py);
+see docs/jetson.md for what has and has not been run on hardware.
 
 Nothing is imported at module import time: :func:`load` does it, and turns every reason
 TensorRT cannot be used into one :class:`BackendUnavailableError` line.
@@ -299,17 +300,7 @@ class TensorRT:
             profile.set_shape(name, smallest, typical, largest)
         config.add_optimization_profile(profile)
 
-        try:
-            cache = config.create_timing_cache(timing_cache or b"")
-            # ignore_mismatch=False: a cache from another device/version is dropped, not trusted.
-            accepted = config.set_timing_cache(cache, False)
-        except Exception as error:  # TensorRT raises untyped errors for a corrupt cache blob
-            log.warning("saved timing cache is unreadable (%s)", error)
-            accepted = False
-        if not accepted:
-            if timing_cache:
-                log.warning("TensorRT ignored the saved timing cache; timing tactics from scratch")
-            config.set_timing_cache(config.create_timing_cache(b""), False)
+        _use_timing_cache(config, timing_cache)
 
         plan = builder.build_serialized_network(network, config)
         if plan is None:
@@ -326,6 +317,26 @@ class TensorRT:
         if engine is None:
             raise RuntimeError("TensorRT could not deserialise the engine (corrupt, or built by another TensorRT/GPU)")
         return Engine(engine, runtime, self._trt)
+
+
+def _use_timing_cache(config, saved: Optional[bytes]) -> None:
+    """Attach the saved timing cache, or a fresh one when TensorRT cannot read the saved one or
+    it comes from another device or TensorRT version."""
+    if saved:
+        try:
+            # The bindings return None (a null pointer) for a blob TensorRT cannot read; that
+            # None must not reach set_timing_cache, whose parameter is a reference.
+            cache, reason = config.create_timing_cache(saved), "see the TensorRT log above"
+        except Exception as error:  # and untyped errors are possible too
+            cache, reason = None, str(error)
+        if cache is None:
+            log.warning("saved timing cache is unreadable (%s); timing tactics from scratch", reason)
+        # ignore_mismatch=False: a cache from another device/version is dropped, not trusted.
+        elif config.set_timing_cache(cache, False):
+            return
+        else:
+            log.warning("TensorRT ignored the saved timing cache; timing tactics from scratch")
+    config.set_timing_cache(config.create_timing_cache(b""), False)
 
 
 def _pin_fp32(trt, network, layer_types: Sequence[str]) -> int:
