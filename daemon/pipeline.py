@@ -43,9 +43,11 @@ class StreamPipeline:
         engines: EngineManager,
         emit: Callable[[Event], None],
     ) -> "StreamPipeline":
+        # the segmenter hands out the utterance so far only as often as a partial is wanted
+        updates = transcription.partial_interval_s if transcription.partials else None
         return cls(
             CaptureStream(stream, capture, on_event=emit),
-            Segmenter(stream.name, segmenter, create_vad(vad)),
+            Segmenter(stream.name, segmenter, create_vad(vad), update_interval_s=updates),
             StreamTranscriber(stream.name, transcription, scheduler, engines, emit=emit),
         )
 

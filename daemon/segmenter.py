@@ -4,13 +4,16 @@ The voice detector scores 32-ms frames. An utterance opens when a frame reaches
 ``threshold`` (with ``pre_roll_s`` of the audio before it, so soft onsets survive) and
 closes after ``min_silence_s`` of frames below ``off_threshold``; the gap between the two
 thresholds keeps a soft syllable from ending it. While speech goes on, the utterance so far
-is handed out every ``update_interval_s`` for partial transcripts; the last update has
-``ended=True``. The first silent frame after speech also sends an update, flagged
-``pause``, whatever the interval: the end of the utterance is likely ``min_silence_s`` away,
-and a consumer can start its final decode now instead of then. Bursts with less than ``min_speech_s`` of speech (door slams, clicks) are
-never handed out at all. Speech longer than ``max_utterance_s`` is cut at its quietest
-point in the last ``cut_search_s`` (between words where there is a between), and the rest
-starts the next utterance.
+is handed out every ``update_interval_s`` of audio for partial transcripts (the daemon
+passes ``transcription.partial_interval_s``, or None when partials are off: the pace is
+the consumer's, so it is not a segmenter setting); the last update has ``ended=True``. The
+first silent frame after speech also sends an update, flagged ``pause``, whatever the
+interval: the end of the utterance is likely ``min_silence_s`` away, and a consumer can
+start its final decode now instead of then. Bursts with less than ``min_speech_s`` of
+speech (door slams, clicks) are never handed out at all: this is the only length gate
+before transcription. Speech longer than ``max_utterance_s`` is cut at its quietest point
+in the last ``cut_search_s`` (between words where there is a between), and the rest starts
+the next utterance.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Optional
 import numpy as np
 
 from daemon.config.audio import SegmenterOptions
+from daemon.config.transcription import DEFAULT_PARTIAL_INTERVAL_S
 from daemon.ring_buffer import SAMPLE_RATE, AudioBlock
 from daemon.vad import FRAME_SAMPLES, VoiceDetector
 
@@ -83,10 +87,18 @@ class _Open:
 class Segmenter:
     """Turns one stream's audio into utterance updates; not thread-safe (one consumer thread per stream)."""
 
-    def __init__(self, stream: str, options: SegmenterOptions, vad: VoiceDetector):
+    def __init__(
+        self,
+        stream: str,
+        options: SegmenterOptions,
+        vad: VoiceDetector,
+        update_interval_s: Optional[float] = DEFAULT_PARTIAL_INTERVAL_S,
+    ):
         self.stream = stream
         self.options = options
         self.vad = vad
+        # None: no periodic updates, only pauses and ends
+        self.update_interval_s = update_interval_s
         self._counter = 0
         self._pre_roll: deque[np.ndarray] = deque(maxlen=max(0, int(round(options.pre_roll_s / _FRAME_S))))
         self._pending = np.zeros(0, np.float32)  # samples short of a whole frame
@@ -164,7 +176,8 @@ class Segmenter:
         if current is None or current.speech_s < self.options.min_speech_s - 1e-9:
             return []
         length = current.length_s
-        due = length - current.last_update_s >= self.options.update_interval_s - 1e-9
+        interval = self.update_interval_s
+        due = interval is not None and length - current.last_update_s >= interval - 1e-9
         if not (due or pause):
             return []
         if due:  # a pause update outside the schedule leaves the periodic pacing as it was

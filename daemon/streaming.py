@@ -1,10 +1,10 @@
 """Per-stream live transcription: partial and final transcripts of each utterance.
 
-Every update of an utterance (the segmenter sends the whole utterance so far, about once a
-second) is decoded again from its start. Two consecutive hypotheses that agree on their
-first words make those words *stable* (LocalAgreement-2, Macháček et al. 2023,
-whisper_streaming): a word is only trusted once a second, longer look at the audio
-produced it again. Stable text never changes in later partials; the rest is the unstable
+Every update of an utterance (the segmenter sends the whole utterance so far, every
+``partial_interval_s`` of audio) is decoded again from its start. Two consecutive
+hypotheses that agree on their first words make those words *stable* (LocalAgreement-2,
+Macháček et al. 2023, whisper_streaming): a word is only trusted once a second, longer
+look at the audio produced it again. Stable text never changes in later partials; the rest is the unstable
 tail. When the utterance ends it is decoded once more, with temperature fallback, and
 exactly one final carries the full transcript. The final is that fresh decode of all the
 audio, so it may still correct a word the partials showed as stable: "stable" promises
@@ -24,11 +24,12 @@ every final decode its speech plus a fixed tail of zeros would make the two iden
 was tried and rejected: it changed words too (JFK's "Americans" became "American").
 
 Guards against Whisper's known failures on live audio (openai-whisper's rules where they
-exist): too-short utterances are not decoded; a result with a high no-speech probability
-and a low average log-probability is dropped; a repetition loop (high gzip compression
-ratio) is decoded again at a higher temperature and dropped if it keeps looping; earlier
-text is not used as a prompt unless configured; when the segmenter had to cut a long
-utterance, words repeated from the previous final at the start of the next are removed.
+exist): too-short bursts never get here (the segmenter's ``min_speech_s`` is the one length
+gate); a result with a high no-speech probability and a low average log-probability is
+dropped; a repetition loop (high gzip compression ratio) is decoded again at a higher
+temperature and dropped if it keeps looping; earlier text is not used as a prompt unless
+configured; when the segmenter had to cut a long utterance, words repeated from the
+previous final at the start of the next are removed.
 """
 
 from __future__ import annotations
@@ -204,10 +205,6 @@ class StreamTranscriber:
         with self._lock:
             state = self._open.get(utterance.utterance_id)
             if state is None:
-                if duration < self.config.min_speech_s:
-                    if utterance.ended:
-                        log.debug("%s: utterance %s too short (%.2f s), not transcribed", self.stream, utterance.utterance_id, duration)
-                    return
                 state = self._open_utterance(utterance)
             if state.final_submitted:
                 return

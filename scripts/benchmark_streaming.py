@@ -36,15 +36,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.capture import CaptureStream  # noqa: E402
-from daemon.config.audio import CaptureOptions, StreamConfig  # noqa: E402
+from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions  # noqa: E402
 from daemon.config.transcription import TranscriptionConfig  # noqa: E402
 from daemon.events import GapEvent  # noqa: E402
 from daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
 from daemon.pipeline import StreamPipeline  # noqa: E402
-from daemon.streaming import StreamTranscriber  # noqa: E402
 from engines.scoring import corpus_counts, read_transcripts  # noqa: E402
-from tests.fixtures.streaming import Collected, segmenter_for, spoken_stream, write_wav  # noqa: E402
+from tests.fixtures.streaming import Collected, spoken_stream, write_wav  # noqa: E402
 
 log = logging.getLogger("benchmark_streaming")
 
@@ -124,10 +122,12 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
         name = f"mic{index}"
         spoken[name] = spoken_stream(CORPUS, ids)
         wav = write_wav(workdir / f"{name}.wav", spoken[name].samples)
-        capture = CaptureStream(StreamConfig(name=name, file=str(wav), speed=1.0), CaptureOptions(), events)
         config = TranscriptionConfig(partials=not args.no_partials, speculative_final=not args.no_speculative_final)
-        transcriber = StreamTranscriber(name, config, scheduler, engines, events)
-        pipelines.append(StreamPipeline(capture, segmenter_for(name), transcriber))
+        # built as the daemon builds it, so the segmenter's update pace follows the partial settings
+        stream = StreamConfig(name=name, file=str(wav), speed=1.0)
+        pipelines.append(
+            StreamPipeline.build(stream, CaptureOptions(), VadOptions(), SegmenterOptions(), config, scheduler, engines, events)
+        )
     audio_s = max(len(s.samples) for s in spoken.values()) / 16000
     try:
         for pipeline in pipelines:

@@ -67,6 +67,10 @@ class Config:
     # (one knob per concept). A file using one fails with a line naming the new key.
     moved_keys: ClassVar[dict[str, str]] = {
         "engine.package_dir": "models.serving",
+        # the segmenter's gate was always the one that decided; the transcriber's rarely saw a short utterance
+        "transcription.min_speech_s": "segmenter.min_speech_s",
+        # the segmenter's update pace and the partial pace were one setting in two places
+        "segmenter.update_interval_s": "transcription.partial_interval_s",
     }
 
     def problems(self) -> list[tuple[str, str]]:

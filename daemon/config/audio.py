@@ -142,8 +142,13 @@ class SegmenterOptions:
         min=0.0, max=2.0, unit="s",
     )
     min_speech_s: float = setting(
-        0.25, "Speech shorter than this (clicks, bumps) is discarded, never transcribed.",
-        min=0.0, max=10.0, unit="s",
+        0.25,
+        "An utterance with less speech than this (counting only frames scored as speech, not "
+        "pre-roll or pauses) is discarded and never transcribed: Whisper tends to invent words "
+        "for clicks, bumps and short bursts.",
+        min=0.0,
+        max=10.0,
+        unit="s",
     )
     max_utterance_s: float = setting(
         25.0,
@@ -156,10 +161,6 @@ class SegmenterOptions:
     cut_search_s: float = setting(
         3.0, "How far back from max_utterance_s the quietest cut point is looked for.",
         min=0.2, max=10.0, unit="s",
-    )
-    update_interval_s: float = setting(
-        1.0, "While someone speaks, the utterance so far is handed to the transcriber this often.",
-        min=0.1, max=30.0, unit="s",
     )
 
     def problems(self) -> list[tuple[str, str]]:

@@ -11,6 +11,10 @@ from typing import Literal
 
 from daemon.config.schema import setting
 
+# The segmenter hands out the utterance so far at this pace when it is built without a
+# transcription section (tests, tools); the daemon passes partial_interval_s.
+DEFAULT_PARTIAL_INTERVAL_S = 1.0
+
 
 @dataclass
 class TranscriptionConfig:
@@ -42,9 +46,10 @@ class TranscriptionConfig:
         "Publish partial transcripts while someone is still speaking. Finals are always published.",
     )
     partial_interval_s: float = setting(
-        1.0,
-        "Shortest time between two partials of one utterance. Partials are skipped anyway when "
-        "inference is behind, so finals are never delayed by them.",
+        DEFAULT_PARTIAL_INTERVAL_S,
+        "While someone speaks, the utterance so far is decoded for a partial this often (in "
+        "seconds of audio). Shorter gives livelier partials for more inference; partials are "
+        "skipped when inference is behind, so finals are never delayed by them.",
         min=0.2,
         max=30.0,
         unit="s",
@@ -54,14 +59,6 @@ class TranscriptionConfig:
         "Start the final decode when a pause begins instead of when the segmenter's "
         "min_silence_s has passed; if speech resumes the early decode is thrown away. "
         "Cuts final latency by about min_silence_s for one extra decode per resumed pause.",
-    )
-    min_speech_s: float = setting(
-        0.3,
-        "Utterances shorter than this are not transcribed: Whisper tends to invent words for "
-        "clicks and short bursts.",
-        min=0.0,
-        max=10.0,
-        unit="s",
     )
     no_speech_threshold: float = setting(
         0.6,

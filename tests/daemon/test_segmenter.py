@@ -76,8 +76,8 @@ def test_pre_roll_is_included(two_utterances):
 
 def test_updates_come_every_interval_and_end_exactly_once(two_utterances):
     signal, _ = two_utterances
-    options = SegmenterOptions(update_interval_s=1.0)
-    updates = run(Segmenter("mic", options, SileroVad()), signal)
+    options = SegmenterOptions()
+    updates = run(Segmenter("mic", options, SileroVad(), update_interval_s=1.0), signal)
     for utterance_id in {u.utterance_id for u in updates}:
         mine = [u for u in updates if u.utterance_id == utterance_id]
         assert [u.ended for u in mine] == [False] * (len(mine) - 1) + [True]
@@ -100,8 +100,8 @@ def test_updates_come_every_interval_and_end_exactly_once(two_utterances):
 
 def test_a_pause_update_comes_at_the_first_silent_frame_whatever_the_interval(two_utterances):
     signal, _ = two_utterances
-    options = SegmenterOptions(update_interval_s=100.0)  # no periodic update at all
-    updates = run(Segmenter("mic", options, SileroVad()), signal)
+    options = SegmenterOptions()
+    updates = run(Segmenter("mic", options, SileroVad(), update_interval_s=None), signal)  # no periodic update at all
     ended = [u for u in updates if u.ended]
     assert len(ended) == 2
     for final in ended:

@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 
 from daemon.capture import AlsaSource, CaptureStream
-from daemon.config.audio import CaptureOptions, StreamConfig
+from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig
 from daemon.config.transcription import TranscriptionConfig
 from daemon.events import GapEvent
+from daemon.ring_buffer import AudioBlock
 from daemon.scheduler import InferenceScheduler
-from daemon.segmenter import Utterance
+from daemon.segmenter import Segmenter, Utterance
 from daemon.streaming import (
     LocalAgreement,
     StreamTranscriber,
@@ -30,6 +31,7 @@ from daemon.streaming import (
     split_windows,
     strip_repeated_prefix,
 )
+from daemon.vad import SileroVad
 from engines.audio import load_audio
 from engines.decoding import compression_ratio, decode
 from engines.scoring import corpus_counts, read_transcripts, wer
@@ -334,21 +336,32 @@ def test_a_result_that_loops_at_every_temperature_is_dropped(corpus, tiny_en_mod
     assert events.finals() == []  # nothing was published for it, so no final is owed
 
 
-def test_utterances_shorter_than_min_speech_are_not_decoded(corpus, tiny_en_model):
-    calls = []
-
-    def counting(model, mel, options):
-        calls.append(mel.shape[0])
-        return decode(model, mel, options)
-
-    scheduler = InferenceScheduler(decode=counting)
-    scheduler.start()
-    try:
-        audio = load_audio_file(corpus, "ls_1089-134691-0000")[: int(0.25 * 16000)]
-        events = _final_of(tiny_en_model, scheduler, TranscriptionConfig(min_speech_s=0.3), Utterance("mic", "u1", 0.0, 0.0, audio, True))
-    finally:
-        scheduler.stop()
-    assert calls == [] and events.events == []
+def test_a_burst_shorter_than_the_segmenters_min_speech_is_never_decoded(corpus, tiny_en_model):
+    """One gate decides what is too short to transcribe: the segmenter's min_speech_s."""
+    audio = load_audio_file(corpus, "ls_1089-134691-0000")
+    onset = int(np.argmax(np.abs(audio) > 0.1 * np.abs(audio).max()))
+    burst = audio[onset : onset + int(0.15 * 16000)]  # a syllable: under 0.25 s of speech
+    signal = np.concatenate([np.zeros(16000), burst, np.zeros(16000)]).astype(np.float32)
+    decoded = {}
+    for min_speech_s in (0.0, SegmenterOptions().min_speech_s):
+        calls: list = []
+        scheduler = _counting_scheduler(calls)
+        scheduler.start()
+        events = Collected()
+        transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_en_model), events)
+        segmenter = Segmenter("mic", SegmenterOptions(min_speech_s=min_speech_s), SileroVad())
+        try:
+            for start in range(0, len(signal), 1600):
+                for utterance in segmenter.push(AudioBlock("mic", signal[start : start + 1600], start / 16000, 0.0)):
+                    transcriber.push(utterance)
+            for utterance in segmenter.flush():
+                transcriber.push(utterance)
+            assert scheduler.wait_idle(120)
+        finally:
+            scheduler.stop()
+        decoded[min_speech_s] = len(calls)
+    assert decoded[0.0] > 0  # the burst is speech to the detector: with no gate it is decoded
+    assert decoded[SegmenterOptions().min_speech_s] == 0
 
 
 def test_words_repeated_across_a_cut_are_removed_only_at_a_cut(corpus, tiny_en_model, scheduler):
