@@ -26,6 +26,7 @@ from daemon.config.mqtt import HealthConfig
 from daemon.mqtt_link import LinkStats
 from daemon.outbox import OutboxStats
 from daemon.publisher import iso_utc
+from daemon.streaming import SpeculationCounts
 from daemon.sysfs import read_jetson
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class StreamHealth:
     utterances: int
     partials: int
     finals: int
+    # final decodes started at a pause, and what became of them (zeros for a stream without a transcriber)
+    speculative_finals: SpeculationCounts = SpeculationCounts(started=0, reused=0, discarded=0)
 
 
 @dataclass(frozen=True)

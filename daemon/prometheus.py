@@ -70,6 +70,15 @@ class HealthCollector:
                 if stream.get(key) is not None:
                     family.add_metric([name], float(stream[key]))
             yield family
+        speculative = CounterMetricFamily(
+            "edgescribe_stream_speculative_finals",
+            "Final decodes started at a pause (started), used as the final (reused), thrown away (discarded)",
+            labels=["stream", "outcome"],
+        )
+        for name, stream in streams.items():
+            for outcome, count in (stream.get("speculative_finals") or {}).items():
+                speculative.add_metric([name, outcome], count)
+        yield speculative
         inference = s.get("inference") or {}
         for key, doc in (("real_time_factor", "Compute seconds per audio second"),
                          ("latency_p50_s", "Transcript latency p50 (s)"), ("latency_p95_s", "Transcript latency p95 (s)"),

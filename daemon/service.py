@@ -209,6 +209,7 @@ class Service:
                 utterances=finals.get(name, 0),
                 partials=partials.get(name, 0),
                 finals=finals.get(name, 0),
+                speculative_finals=stream.transcriber.speculation_counts(),
             )
         return health
 

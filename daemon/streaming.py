@@ -157,6 +157,18 @@ class _Utterance:
     speculation: Optional["_Speculation"] = None
 
 
+@dataclass(frozen=True)
+class SpeculationCounts:
+    """Speculative final decodes of one stream since start (see the module docstring).
+
+    ``started`` = ``reused`` + ``discarded`` + those still waiting for their utterance's end.
+    """
+
+    started: int  # final decodes begun at a pause
+    reused: int  # became the final's first decode: no speech after the pause
+    discarded: int  # withdrawn or ignored: speech resumed, the prompt changed, it failed, or the stream stopped
+
+
 @dataclass
 class _Speculation:
     """A final's first decode, started when the utterance paused (see the module docstring)."""
@@ -243,6 +255,12 @@ class StreamTranscriber:
             return
         # outside the lock: a final may block here while inference catches up (back-pressure)
         self._scheduler.submit(request)
+
+    def speculation_counts(self) -> SpeculationCounts:
+        """A consistent copy of the speculative-final counters (read from the health thread)."""
+        with self._lock:
+            counts = self.speculations
+            return SpeculationCounts(counts["started"], counts["reused"], counts["discarded"])
 
     def close(self) -> None:
         """Forget open utterances (stream stopped); their finals already queued still arrive."""

@@ -30,6 +30,11 @@ def test_metrics_match_the_health_snapshot(tmp_path):
     assert 'edgescribe_rail_power_milliwatts{rail="VDD_IN"} 7237.7' in text
     assert 'edgescribe_temperature_celsius{zone="tj-thermal"} 48.59' in text
     assert 'edgescribe_stream_xruns{stream="line2"} 2.0' in text
+    speculative = snapshot["streams"]["line1"]["speculative_finals"]
+    for outcome in ("started", "reused", "discarded"):
+        line = f'edgescribe_stream_speculative_finals_total{{outcome="{outcome}",stream="line1"}} {float(speculative[outcome])}'
+        assert line in text, line
+    assert 'edgescribe_stream_speculative_finals_total{outcome="started",stream="line2"} 0.0' in text
     assert f'edgescribe_host_memory_available_mb {snapshot["host"]["memory_available_mb"]}' in text
     assert "edgescribe_inference_latency_p95_s 0.97" in text
 

@@ -90,6 +90,10 @@ def test_run_publishes_transcripts_and_health_then_stops_cleanly(tmp_path, mosqu
     validate_payload(health[-1], "health")
     assert health[-1]["service"]["backend"] == "onnxruntime"
     assert health[-1]["streams"]["press"]["finals"] >= 1
+    # JFK pauses between phrases: final decodes start at those pauses, and the ends reuse them
+    speculative = max((h["streams"]["press"]["speculative_finals"] for h in health), key=lambda c: c["started"])
+    assert speculative["started"] >= 1 and speculative["reused"] >= 1, speculative
+    assert speculative["started"] >= speculative["reused"] + speculative["discarded"]
     assert retained(mosquitto.port, "edgescribe/test-press/availability") == b"stopped"
 
 

@@ -516,9 +516,11 @@ def test_speculative_finals_read_corpus_speech_as_well_as_plain_finals(corpus, t
         rates[speculative] = corpus_counts((spoken.references[k], hypotheses.get(k, "")) for k in spoken.references).rate
     # the same utterances, each ended without a second decode
     assert [(e.audio_start, e.audio_end) for e in finals[True]] == [(e.audio_start, e.audio_end) for e in finals[False]]
-    assert transcriber.speculations["reused"] == len(finals[True])
+    counts = transcriber.speculation_counts()  # what health reports for the stream
+    assert counts.reused == len(finals[True])
     # pauses that speech resumed after cost a decode each; the ends cost none
-    assert decodes[True] == decodes[False] + transcriber.speculations["discarded"]
+    assert decodes[True] == decodes[False] + counts.discarded
+    assert counts.started == counts.reused + counts.discarded  # the stream ended: none left open
     same = sum(a.text == b.text for a, b in zip(finals[True], finals[False]))
     print(f"{len(finals[True])} finals, {same} with identical text; WER plain {rates[False]:.3f}, speculative {rates[True]:.3f}")
     assert same >= len(finals[True]) - 1  # the audio after the pause is silence: a word may change, rarely
