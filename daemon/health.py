@@ -52,7 +52,7 @@ class StreamHealth:
     partials: int
     finals: int
     # final decodes started at a pause, and what became of them (zeros for a stream without a transcriber)
-    speculative_finals: SpeculationCounts = SpeculationCounts(started=0, reused=0, discarded=0)
+    speculative_finals: SpeculationCounts
 
 
 @dataclass(frozen=True)
