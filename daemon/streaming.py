@@ -11,17 +11,21 @@ audio, so it may still correct a word the partials showed as stable: "stable" pr
 that later partials keep it, and the final is the authoritative text.
 
 Speculative final: most of the wait for a final is the segmenter's ``min_silence_s`` of
-silence before it declares the end. So when it reports a pause (the first silent frame),
-the final's first decode starts right away on the audio up to that pause. If the utterance
-then ends with no more speech, that decode *is* the final's first attempt (waited for if
-still running) and goes through exactly the same gates, fallback and de-duplication; if
-speech resumes, it is withdrawn or its result ignored. The reused decode heard the audio up
-to the pause (the speech and the first silent frame), not the ``min_silence_s`` of
-non-speech the ended update adds: those samples do not exist yet when it starts. Whisper
-reads the rest of its 30-s window as padding either way, so the text is nearly always the
-same, but tiny.en can change a word (1 final of 12 in the corpus test stream). Making
+silence before it declares the end. So when it reports a pause (``PAUSE_AFTER_S`` of
+non-speech), the final's first decode starts right away on the audio up to that pause. If
+the utterance then ends with no more speech, that decode *is* the final's first attempt
+(waited for if still running) and goes through exactly the same gates, fallback and
+de-duplication; if speech resumes, it is withdrawn or its result ignored. The reused decode
+heard the speech and the pause so far, not the rest of the ``min_silence_s`` the ended
+update adds: those samples do not exist yet when it starts. Whisper reads the rest of its
+30-s window as padding either way, so the text is nearly always the same, but tiny.en can
+change a word (the segmenter's ``PAUSE_AFTER_S`` note gives the measured cost). Making
 every final decode its speech plus a fixed tail of zeros would make the two identical; it
 was tried and rejected: it changed words too (JFK's "Americans" became "American").
+
+Partials: a periodic update ends mid-speech, usually inside a word, and Whisper completes
+a cut word into whatever fits; so the last word of a mid-speech hypothesis is neither shown
+nor fed to the agreement. Partials lag one word behind the audio for it.
 
 Guards against Whisper's known failures on live audio (openai-whisper's rules where they
 exist): too-short bursts never get here (the segmenter's ``min_speech_s`` is the one length
@@ -248,6 +252,11 @@ class StreamTranscriber:
                     return
                 state.last_partial_s = duration
                 request = self._request(state, final=False, windows=split_windows(utterance.samples))
+                # Mid-speech, the audio ends inside a word, and Whisper completes a cut word into
+                # whatever fits ("what your coun-" became a profanity in tiny.en's partial of
+                # JFK). At a pause the last word is whole, so only then is it shown.
+                cut_mid_word = not utterance.pause
+                request.on_done = lambda outcome: self._on_partial(outcome, cut_mid_word)
                 request.submitted = now
         if reused is not None:
             # decoded before the end was known: handle it here as the worker would have
@@ -361,7 +370,7 @@ class StreamTranscriber:
     def _looping(self, result: Any) -> bool:
         return result.compression_ratio > self.config.compression_ratio_threshold
 
-    def _on_partial(self, outcome: DecodeOutcome) -> None:
+    def _on_partial(self, outcome: DecodeOutcome, cut_mid_word: bool = False) -> None:
         ready = time.monotonic()
         with self._lock:
             state = self._open.get(outcome.request.key)
@@ -371,7 +380,11 @@ class StreamTranscriber:
             if len(kept) != len(outcome.results):
                 return  # a dubious hypothesis would only poison the agreement
             words = self._dedupe(state, " ".join(r.text.strip() for r in kept).split())
+            if cut_mid_word:
+                words = words[:-1]  # also kept out of the agreement: a cut word must not turn stable
             stable, tail = state.agreement.update(words)
+            if not stable and not tail:
+                return  # nothing to show yet
             audio_end = state.audio_start + sum(len(w) for w in outcome.request.windows) / SAMPLE_RATE
             event = self._event(state, "partial", stable, tail, kept, outcome, audio_end, ready - outcome.request.submitted)
         self._emit(event)

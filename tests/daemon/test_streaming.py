@@ -21,7 +21,7 @@ from daemon.config.transcription import TranscriptionConfig
 from daemon.events import GapEvent
 from daemon.ring_buffer import AudioBlock
 from daemon.scheduler import InferenceScheduler
-from daemon.segmenter import Segmenter, Utterance
+from daemon.segmenter import PAUSE_AFTER_S, Segmenter, Utterance
 from daemon.streaming import (
     LocalAgreement,
     StreamTranscriber,
@@ -281,6 +281,19 @@ def _final_of(tiny_en_model, scheduler, config, *utterances):
     return events
 
 
+def test_a_partial_cut_mid_speech_leaves_out_its_last_word_and_a_pause_keeps_it(corpus, tiny_en_model, scheduler):
+    audio = load_audio_file(corpus, "jfk_inaugural_1961")
+    config = TranscriptionConfig(speculative_final=False)  # so a pause update gives a partial
+    # 6.14 s into JFK is inside "country": tiny.en reads the cut word as a profanity
+    for cut, pause in ((int(6.14 * 16000), False), (len(audio), True)):
+        update = Utterance("mic", "u1", 0.0, 0.0, audio[:cut], False, pause=pause)
+        whole = _final_of(tiny_en_model, scheduler, config, dataclasses.replace(update, ended=True)).finals()[0].text
+        partial = _final_of(tiny_en_model, scheduler, config, update).transcripts()[0]
+        assert partial.kind == "partial" and partial.stable_text == ""
+        expected = whole.split()[:-1] if not pause else whole.split()
+        assert partial.unstable_text.split() == expected and expected
+
+
 def test_hotwords_and_initial_prompt_steer_spelling(corpus, tiny_en_model, scheduler):
     audio = load_audio_file(corpus, "lj_LJ001-0007")  # "... the Gutenberg, or forty-two line Bible ..."
     ended = Utterance("mic", "u1", 0.0, 0.0, audio, True)
@@ -411,11 +424,12 @@ def _counting_scheduler(calls: list) -> InferenceScheduler:
 
 
 def _pause_then_end(audio: np.ndarray, silence_s: float = 0.25) -> tuple[Utterance, Utterance]:
-    """What the segmenter sends when the talker stops: a pause update one frame into the
+    """What the segmenter sends when the talker stops: a pause update a few frames into the
     silence, then the end min_silence_s later, with no speech in between."""
     silence = np.zeros(int(silence_s * 16000), np.float32)
     speech_end = len(audio)
-    pause = Utterance("mic", "u1", 0.0, 0.0, np.concatenate([audio, silence[:FRAME]]), False, pause=True, speech_end=speech_end)
+    heard = int(np.ceil(PAUSE_AFTER_S * 16000 / FRAME)) * FRAME
+    pause = Utterance("mic", "u1", 0.0, 0.0, np.concatenate([audio, silence[:heard]]), False, pause=True, speech_end=speech_end)
     ended = Utterance("mic", "u1", 0.0, 0.0, np.concatenate([audio, silence]), True, speech_end=speech_end)
     return pause, ended
 
