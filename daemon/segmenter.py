@@ -28,18 +28,20 @@ import numpy as np
 from daemon.config.audio import SegmenterOptions
 from daemon.config.transcription import DEFAULT_PARTIAL_INTERVAL_S
 from daemon.ring_buffer import SAMPLE_RATE, AudioBlock
-
-# The "pause" update (see the module docstring) goes out after this much non-speech, not at
-# the first silent frame: a word's soft ending (a final "s", a released stop) often scores
-# as silence, and a decode that starts there hears it cut. On the 33 single-utterance
-# English corpus files through tiny.en, speculative finals started at the first silent frame
-# (32 ms) gave WER 12.6 % against 11.9 % for waiting out the whole silence (JFK's "my fellow
-# Americans" became "am I fellow American"); at 96 ms, 12.1 %, and JFK came out right. The
-# price is 64 ms of the latency the speculation saves.
-PAUSE_AFTER_S = 0.096
 from daemon.vad import FRAME_SAMPLES, VoiceDetector
 
 log = logging.getLogger(__name__)
+
+# The "pause" update (see the module docstring) goes out after this much non-speech, not at
+# the first silent frame: a word's soft ending (a final "s", a released stop) often scores
+# as silence, and a speculative final that starts there hears it cut (JFK's "my fellow
+# Americans" came out "am I fellow American" at 32 ms, right at 96 ms). Measured with
+# tiny.en, speculative finals against waiting out the whole silence: the 33 single-utterance
+# English corpus files, WER 12.6 % at 32 ms, 12.5 % at 64, 12.1 % at 96, 12.6 % at 128
+# (11.9 % waiting); the benchmark's joined stream, 6.7 / 7.0 / 7.4 % (6.3 % waiting). So
+# every delay costs a word or three in ~500 and none is better on both sets: the delay is
+# for the mechanism, and it costs 64 ms of the latency the speculation saves.
+PAUSE_AFTER_S = 0.096
 
 _FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 _CUT_WINDOW = 320  # 20 ms: energy resolution of the max-length cut (shorter than a syllable)
