@@ -51,7 +51,7 @@ class StreamHealth:
     utterances: int
     partials: int
     finals: int
-    # final decodes started at a pause, and what became of them (zeros for a stream without a transcriber)
+    # final decodes started at a pause, and what became of them
     speculative_finals: SpeculationCounts
 
 
