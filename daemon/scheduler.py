@@ -7,7 +7,10 @@ windows that are ready at the same moment amortises the encoder and every decode
 over all streams, which is what lets one Orin serve several microphones.
 
 Order of work: finals before partials (a final is what applications act on; a partial
-that waits is simply replaced by a newer one). Finals are never dropped: when too many
+that waits is simply replaced by a newer one), and partials get at most ``partial_share``
+of the worker's time: a decode cannot be interrupted, so a final that arrives while a
+partial runs waits for it, and with several streams talking the partials alone would keep
+the worker busy all the time. Finals are never dropped: when too many
 wait, ``submit`` blocks the caller, so back-pressure reaches the capture ring buffer,
 where lost audio is counted and reported as a gap instead of growing memory here.
 """
@@ -28,6 +31,14 @@ from daemon.events import ModelEvent
 from engines.audio import pad_or_trim
 
 log = logging.getLogger(__name__)
+
+# Partials may use at most this share of the worker's time over the last PARTIAL_WINDOW_S.
+# Measured with tiny.en on 2 CPU cores (scripts/benchmark_streaming.py, docs/benchmarks.md):
+# at 4 streams partials made two-thirds of the decode calls, and the final latency p95 was
+# 1.5-2.4 s with them against 0.55 s without any. One stream's partials use well under half
+# the worker, so a single microphone sees every partial it saw before.
+PARTIAL_SHARE = 0.5
+PARTIAL_WINDOW_S = 10.0
 
 
 @dataclass
@@ -184,9 +195,11 @@ class InferenceScheduler:
         max_batch: int = 4,
         max_pending_finals: int = 32,
         decode: Optional[Callable] = None,
+        partial_share: float = PARTIAL_SHARE,
     ):
         self.max_batch = max_batch
         self.max_pending_finals = max_pending_finals
+        self.partial_share = partial_share  # 1.0: partials as often as the queue has them
         self._decode = decode  # engines.decoding.decode unless a caller wraps it
         self._finals: collections.deque[DecodeRequest] = collections.deque()
         self._partials: "collections.OrderedDict[str, DecodeRequest]" = collections.OrderedDict()
@@ -194,6 +207,7 @@ class InferenceScheduler:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self._busy = False  # a batch is being decoded right now
+        self._partial_time: collections.deque[tuple[float, float]] = collections.deque()  # (end, seconds)
         # statistics for health reports; written by the worker under self._cond
         self.batch_sizes: collections.Counter = collections.Counter()  # windows per decode call -> calls
         self.batches = 0  # decode calls so far
@@ -283,10 +297,12 @@ class InferenceScheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._stopping or self._finals or self._partials)
+                while not (self._stopping or self._finals or (self._partials and self._partials_allowed())):
+                    # over budget, the queued partials wait for time to pass (or are replaced)
+                    self._cond.wait(0.05 if self._partials else None)
                 if self._stopping:
                     return
-                batch = self._take_batch()
+                batch = self._take_batch(with_partials=self._partials_allowed())
                 self._busy = True
                 self._cond.notify_all()  # room for a blocked final submitter
             started = time.monotonic()
@@ -294,14 +310,28 @@ class InferenceScheduler:
                 self._decode_batch(batch)
             finally:
                 with self._cond:
+                    ended = time.monotonic()
                     self._busy = False
-                    self.busy_seconds += time.monotonic() - started
+                    self.busy_seconds += ended - started
                     self.batches += 1
-                    self.batch_sizes[sum(len(request.windows) for request in batch)] += 1
+                    windows = sum(len(request.windows) for request in batch)
+                    self.batch_sizes[windows] += 1
+                    partial = sum(len(request.windows) for request in batch if not request.final)
+                    if partial:
+                        self._partial_time.append((ended, (ended - started) * partial / windows))
                     self._cond.notify_all()
 
-    def _take_batch(self) -> list[DecodeRequest]:
-        """Finals first, then partials, all for the same model, up to max_batch windows.
+    def _partials_allowed(self) -> bool:
+        """Whether partials used less than their share of the worker over the last window."""
+        now = time.monotonic()
+        while self._partial_time and self._partial_time[0][0] < now - PARTIAL_WINDOW_S:
+            self._partial_time.popleft()
+        used = sum(seconds for _end, seconds in self._partial_time)
+        return used < self.partial_share * PARTIAL_WINDOW_S
+
+    def _take_batch(self, with_partials: bool) -> list[DecodeRequest]:
+        """Finals first, then (if ``with_partials``) partials, all for the same model, up to
+        max_batch windows.
 
         The first request always goes in even if it alone has more windows than max_batch
         (an over-long utterance), so nothing can get stuck.
@@ -319,7 +349,7 @@ class InferenceScheduler:
                 self._finals.remove(request)
                 batch.append(request)
                 windows += len(request.windows)
-        for key, request in list(self._partials.items()):
+        for key, request in list(self._partials.items()) if with_partials else ():
             if fits(request):
                 del self._partials[key]
                 batch.append(request)

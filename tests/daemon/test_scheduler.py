@@ -7,6 +7,7 @@ Order and batching are made deterministic by queuing requests before the worker 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,41 @@ def test_finals_go_first_and_a_newer_partial_replaces_a_queued_one(corpus, tiny_
     finally:
         scheduler.stop()
     assert order == [("c", True, audio.size, 2), ("d", True, audio.size, 2), ("b", False, 16000, 2), ("a", False, 24000, 2)]
+
+
+def test_partials_get_at_most_their_share_of_the_worker_and_a_final_does_not_wait_for_it(corpus, tiny_en_model):
+    engines = engines_for(tiny_en_model)
+    audio = load_audio(corpus / "en" / "jfk_inaugural_1961.wav")[: 3 * 16000]
+    scheduler = InferenceScheduler(max_batch=1, partial_share=0.3)
+    talking = threading.Event()
+    talking.set()
+
+    def again(outcome):  # two talkers who never stop: a new partial as soon as the last is done
+        if talking.is_set():
+            scheduler.submit(_request(engines.lease(), outcome.request.key, audio, final=False, done=again))
+
+    for key in ("a", "b"):
+        scheduler.submit(_request(engines.lease(), key, audio, final=False, done=again))
+    started = time.monotonic()
+    scheduler.start()
+    try:
+        time.sleep(6.0)
+        partial_busy, elapsed = scheduler.busy_seconds, time.monotonic() - started
+        decode_s = partial_busy / scheduler.batches
+        final_done = threading.Event()
+        submitted = time.monotonic()
+        scheduler.submit(_request(engines.lease(), "final", audio, done=lambda outcome: final_done.set()))
+        assert final_done.wait(30)
+        final_latency = time.monotonic() - submitted
+        talking.clear()
+    finally:
+        scheduler.stop(timeout=30)
+    # the budget is 0.3 of a 10-s window: at most 3 s (plus the decode that crossed it) in
+    # these 6 s, where without it the partials would have kept the worker busy throughout
+    assert partial_busy <= 0.3 * 10.0 + decode_s + 0.05, (partial_busy, elapsed)
+    assert elapsed - partial_busy > 2.0
+    # over budget, the worker idles instead of starting partials: the final starts at once
+    assert final_latency < 2 * decode_s + 0.5, (final_latency, decode_s)
 
 
 def test_a_final_waits_while_the_queue_of_finals_is_full(corpus, tiny_en_model):

@@ -143,7 +143,8 @@ def test_config_problems_name_the_bad_key():
 
 @pytest.fixture
 def scheduler():
-    worker = InferenceScheduler(max_batch=4)
+    # no partial budget: these runs play audio faster than real time and decode every update
+    worker = InferenceScheduler(max_batch=4, partial_share=1.0)
     worker.start()
     yield worker
     worker.stop(timeout=60)
