@@ -48,8 +48,9 @@ class TranscriptionConfig:
     partial_interval_s: float = setting(
         DEFAULT_PARTIAL_INTERVAL_S,
         "While someone speaks, the utterance so far is decoded for a partial this often (in "
-        "seconds of audio). Shorter gives livelier partials for more inference; partials are "
-        "skipped when inference is behind, so finals are never delayed by them.",
+        "seconds of audio). Shorter gives livelier partials for more inference. Partials are "
+        "skipped while finals wait and never take more than half of the inference time, so a "
+        "final waits for at most one partial.",
         min=0.2,
         max=30.0,
         unit="s",
