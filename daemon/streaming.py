@@ -39,6 +39,7 @@ previous final at the start of the next are removed.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import re
 import threading
@@ -209,7 +210,7 @@ class StreamTranscriber:
         self._previous_text = ""
         self._previous_audio_end = -1e9
         self.skipped_partials = 0
-        self.speculations: collections.Counter = collections.Counter()  # started / reused / discarded
+        self._speculations: collections.Counter = collections.Counter()  # started / reused / discarded
 
     # -- utterance updates (pipeline thread) -------------------------------------------------
 
@@ -237,7 +238,8 @@ class StreamTranscriber:
                 state.final_results = [None] * len(state.final_windows)
                 state.final_attempts = [[] for _ in state.final_windows]
                 if speculation is None:
-                    request = self._request(state, final=True, windows=state.final_windows, temperature=self.config.temperatures[0])
+                    request = self._request(state, state.final_windows, self._on_final, final=True,
+                                            temperature=self.config.temperatures[0])
                 elif speculation.outcome is None:
                     speculation.claimed = True  # still decoding: _on_speculation finishes the final
                     return
@@ -251,12 +253,11 @@ class StreamTranscriber:
                 if not self._partial_due(state, duration):
                     return
                 state.last_partial_s = duration
-                request = self._request(state, final=False, windows=split_windows(utterance.samples))
                 # Mid-speech, the audio ends inside a word, and Whisper completes a cut word into
                 # whatever fits ("what your coun-" became a profanity in tiny.en's partial of
                 # JFK). At a pause the last word is whole, so only then is it shown.
-                cut_mid_word = not utterance.pause
-                request.on_done = lambda outcome: self._on_partial(outcome, cut_mid_word)
+                on_done = functools.partial(self._on_partial, cut_mid_word=not utterance.pause)
+                request = self._request(state, split_windows(utterance.samples), on_done, final=False)
                 request.submitted = now
         if reused is not None:
             # decoded before the end was known: handle it here as the worker would have
@@ -268,7 +269,7 @@ class StreamTranscriber:
     def speculation_counts(self) -> SpeculationCounts:
         """A consistent copy of the speculative-final counters (read from the health thread)."""
         with self._lock:
-            counts = self.speculations
+            counts = self._speculations
             return SpeculationCounts(counts["started"], counts["reused"], counts["discarded"])
 
     def close(self) -> None:
@@ -310,13 +311,13 @@ class StreamTranscriber:
         if self._scheduler.finals_waiting() >= self._scheduler.max_batch:
             return False  # inference is behind: real finals first, this one may never be needed
         self._drop_speculation(state)
-        request = self._request(state, final=True, windows=split_windows(utterance.samples), temperature=self.config.temperatures[0])
-        request.on_done = self._on_speculation
+        request = self._request(state, split_windows(utterance.samples), self._on_speculation, final=True,
+                                temperature=self.config.temperatures[0])
         # never wait for queue room here (timeout=0): a speculation is optional work
         if not self._scheduler.submit(request, timeout=0):
             return False
         state.speculation = _Speculation(utterance.speech_end, request)
-        self.speculations["started"] += 1
+        self._speculations["started"] += 1
         return True
 
     def _valid_speculation(self, state: _Utterance, ended: Utterance) -> Optional[_Speculation]:
@@ -337,7 +338,7 @@ class StreamTranscriber:
         if not valid:
             self._drop_speculation(state)
             return None
-        self.speculations["reused"] += 1
+        self._speculations["reused"] += 1
         return speculation
 
     def _drop_speculation(self, state: _Utterance) -> None:
@@ -345,16 +346,23 @@ class StreamTranscriber:
             # if it is already being decoded, _on_speculation ignores the outcome
             self._scheduler.withdraw(state.speculation.request)
             state.speculation = None
-            self.speculations["discarded"] += 1
+            self._speculations["discarded"] += 1
 
-    def _request(self, state: _Utterance, final: bool, windows: list[np.ndarray], temperature: float = 0.0) -> DecodeRequest:
+    def _request(
+        self,
+        state: _Utterance,
+        windows: list[np.ndarray],
+        on_done: Callable[[DecodeOutcome], None],
+        final: bool,
+        temperature: float = 0.0,
+    ) -> DecodeRequest:
         language = None if self.config.language == "auto" else self.config.language
         return DecodeRequest(
             key=state.utterance_id,
             final=final,
             windows=windows,
             lease=state.lease,
-            on_done=self._on_final if final else self._on_partial,
+            on_done=on_done,
             temperature=temperature,
             language=language,
             task=self.config.task,
@@ -370,7 +378,7 @@ class StreamTranscriber:
     def _looping(self, result: Any) -> bool:
         return result.compression_ratio > self.config.compression_ratio_threshold
 
-    def _on_partial(self, outcome: DecodeOutcome, cut_mid_word: bool = False) -> None:
+    def _on_partial(self, outcome: DecodeOutcome, cut_mid_word: bool) -> None:
         ready = time.monotonic()
         with self._lock:
             state = self._open.get(outcome.request.key)
@@ -446,7 +454,7 @@ class StreamTranscriber:
             return None
         log.debug("%s: %s: %d window(s) retried at temperature %.1f", self.stream, state.utterance_id, len(retry_windows), higher[0])
         return self._request(
-            state, final=True, windows=[state.final_windows[i] for i in retry_windows], temperature=higher[0]
+            state, [state.final_windows[i] for i in retry_windows], self._on_final, final=True, temperature=higher[0]
         )
 
     def _final_words(self, state: _Utterance) -> tuple[list[str], list[Any]]:

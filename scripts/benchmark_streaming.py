@@ -28,7 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -139,7 +139,8 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
         for pipeline in pipelines:
             pipeline.abort()
         scheduler.stop(timeout=60)
-    speculations = sum((p.transcriber.speculations for p in pipelines), collections.Counter())
+    speculations = sum((collections.Counter(asdict(p.transcriber.speculation_counts())) for p in pipelines),
+                       collections.Counter())
     print(f"{len(ids_per_stream)} stream(s): speculative finals {dict(speculations)}", file=sys.stderr)
     finals = events.finals()
     gaps = events.of_type(GapEvent)

@@ -115,13 +115,16 @@ def test_onnxruntime_requested_is_logged_as_configured(tiny_package, caplog):  #
     assert backend_lines(caplog)[-1] == "backend: onnxruntime (configured)"
 
 
+def _build_for_fake_orin(package, onnx_sessions, engine_dir):
+    fake = FakeTensorRT(sessions=onnx_sessions)
+    build_engines(package, engine_dir, BuildOptions(max_batch=2, max_prompt_tokens=32), fake, threads=1)
+    return engine_dir, fake
+
+
 @pytest.fixture(scope="module")
 def built(tiny_package, onnx_sessions, tmp_path_factory):  # noqa: F811
     """Validated engines for the fake Orin, built once for the tests below."""
-    engine_dir = tmp_path_factory.mktemp("engines")
-    fake = FakeTensorRT(sessions=onnx_sessions)
-    build_engines(tiny_package, engine_dir, BuildOptions(max_batch=2, max_prompt_tokens=32), fake, threads=1)
-    return engine_dir, fake
+    return _build_for_fake_orin(tiny_package, onnx_sessions, tmp_path_factory.mktemp("engines"))
 
 
 def test_auto_with_validated_engines_for_this_device_picks_tensorrt(tiny_package, built, caplog):  # noqa: F811
@@ -178,10 +181,7 @@ def test_l4t_upgrade_makes_engines_stale_for_the_daemon(tiny_package, built, tmp
 
 @pytest.fixture(scope="module")
 def built_per_layer(tiny_per_layer_package, onnx_sessions, tmp_path_factory):  # noqa: F811
-    engine_dir = tmp_path_factory.mktemp("engines-per-layer")
-    fake = FakeTensorRT(sessions=onnx_sessions)
-    build_engines(tiny_per_layer_package, engine_dir, BuildOptions(max_batch=2, max_prompt_tokens=32), fake, threads=1)
-    return engine_dir, fake
+    return _build_for_fake_orin(tiny_per_layer_package, onnx_sessions, tmp_path_factory.mktemp("engines-per-layer"))
 
 
 @pytest.mark.parametrize("layout", ["built", "built_per_layer"], ids=["stacked inputs", "per-layer inputs"])
