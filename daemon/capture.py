@@ -23,11 +23,11 @@ from typing import Callable, Literal, Optional, Protocol
 
 import numpy as np
 
-from daemon.config.audio import CaptureOptions, StreamConfig
-from daemon.events import Event, GapEvent, StreamStateEvent
-from daemon.ring_buffer import SAMPLE_RATE, AudioBlock, RingBuffer
-from engines.audio import load_audio, polyphase_filter
-from engines.errors import AudioInputError
+from edgescribe.daemon.config.audio import CaptureOptions, StreamConfig
+from edgescribe.daemon.events import Event, GapEvent, StreamStateEvent
+from edgescribe.daemon.ring_buffer import SAMPLE_RATE, AudioBlock, RingBuffer
+from edgescribe.engines.audio import load_audio, polyphase_filter
+from edgescribe.engines.errors import AudioInputError
 
 log = logging.getLogger(__name__)
 

@@ -13,18 +13,18 @@ import importlib
 import logging
 import sys
 
-from engines.errors import EdgescribeError
+from edgescribe.engines.errors import EdgescribeError
 
 log = logging.getLogger(__name__)
 
 # name -> (module, one-line help)
 COMMANDS = {
-    "export": ("engines.export_command", "convert Whisper weights into a model package (ONNX graphs)"),
-    "transcribe": ("engines.transcribe_command", "transcribe audio files with a model package"),
-    "build-engines": ("engines.tensorrt.build_command", "build TensorRT engines for this device"),
-    "devices": ("daemon.devices_command", "list ALSA capture devices"),
-    "check-config": ("daemon.config.check_command", "validate a configuration file"),
-    "run": ("daemon.run_command", "run the daemon"),
+    "export": ("edgescribe.engines.export_command", "convert Whisper weights into a model package (ONNX graphs)"),
+    "transcribe": ("edgescribe.engines.transcribe_command", "transcribe audio files with a model package"),
+    "build-engines": ("edgescribe.engines.tensorrt.build_command", "build TensorRT engines for this device"),
+    "devices": ("edgescribe.daemon.devices_command", "list ALSA capture devices"),
+    "check-config": ("edgescribe.daemon.config.check_command", "validate a configuration file"),
+    "run": ("edgescribe.daemon.run_command", "run the daemon"),
 }
 
 

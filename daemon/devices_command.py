@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         pcms = alsaaudio.pcms(alsaaudio.PCM_CAPTURE)
         cards = alsaaudio.cards()
     except alsaaudio.ALSAAudioError as error:
-        from engines.errors import AudioInputError
+        from edgescribe.engines.errors import AudioInputError
 
         raise AudioInputError(f"cannot list ALSA devices ({error})") from None
     print(format_listing(pcms, cards, show_all=args.all))

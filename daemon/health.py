@@ -22,12 +22,12 @@ from typing import Any, Callable, Optional
 
 import psutil
 
-from daemon.config.mqtt import HealthConfig
-from daemon.mqtt_link import LinkStats
-from daemon.outbox import OutboxStats
-from daemon.publisher import iso_utc
-from daemon.streaming import SpeculationCounts
-from daemon.sysfs import read_jetson
+from edgescribe.daemon.config.mqtt import HealthConfig
+from edgescribe.daemon.mqtt_link import LinkStats
+from edgescribe.daemon.outbox import OutboxStats
+from edgescribe.daemon.publisher import iso_utc
+from edgescribe.daemon.streaming import SpeculationCounts
+from edgescribe.daemon.sysfs import read_jetson
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Optional
 
-from daemon.config.mqtt import HomeAssistantConfig
-from daemon.publisher import Publisher, Topics
+from edgescribe.daemon.config.mqtt import HomeAssistantConfig
+from edgescribe.daemon.publisher import Publisher, Topics
 
 log = logging.getLogger(__name__)
 

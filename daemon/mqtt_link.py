@@ -32,8 +32,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from daemon.config.mqtt import MqttConfig
-from engines.errors import ConfigError
+from edgescribe.daemon.config.mqtt import MqttConfig
+from edgescribe.engines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

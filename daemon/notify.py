@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from engines.errors import EdgescribeError
+from edgescribe.engines.errors import EdgescribeError
 
 log = logging.getLogger(__name__)
 

@@ -9,14 +9,14 @@ from __future__ import annotations
 import threading
 from typing import Callable
 
-from daemon.capture import CaptureStream
-from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
-from daemon.config.transcription import TranscriptionConfig
-from daemon.events import Event
-from daemon.scheduler import EngineManager, InferenceScheduler
-from daemon.segmenter import Segmenter
-from daemon.streaming import StreamTranscriber, consume
-from daemon.vad import create_vad
+from edgescribe.daemon.capture import CaptureStream
+from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
+from edgescribe.daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.events import Event
+from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler
+from edgescribe.daemon.segmenter import Segmenter
+from edgescribe.daemon.streaming import StreamTranscriber, consume
+from edgescribe.daemon.vad import create_vad
 
 
 class StreamPipeline:

@@ -12,9 +12,9 @@ from typing import Iterator, Optional
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from daemon.config.mqtt import PrometheusConfig
-from daemon.health import HealthReporter
-from engines.errors import ConfigError
+from edgescribe.daemon.config.mqtt import PrometheusConfig
+from edgescribe.daemon.health import HealthReporter
+from edgescribe.engines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

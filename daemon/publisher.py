@@ -25,11 +25,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
-from daemon.config.mqtt import MqttConfig
-from daemon.events import Event, GapEvent, ModelEvent, OutboxDropEvent, StreamStateEvent, TranscriptEvent
-from daemon.mqtt_link import Message, MqttLink
-from daemon.outbox import Outbox, OutboxEntry, OutboxLimits
-from engines.errors import ConfigError
+from edgescribe.daemon.config.mqtt import MqttConfig
+from edgescribe.daemon.events import Event, GapEvent, ModelEvent, OutboxDropEvent, StreamStateEvent, TranscriptEvent
+from edgescribe.daemon.mqtt_link import Message, MqttLink
+from edgescribe.daemon.outbox import Outbox, OutboxEntry, OutboxLimits
+from edgescribe.engines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from daemon.config import load_config
-    from daemon.logging_setup import setup_logging
-    from daemon.service import Service, install_signal_handlers
+    from edgescribe.daemon.config import load_config
+    from edgescribe.daemon.logging_setup import setup_logging
+    from edgescribe.daemon.service import Service, install_signal_handlers
 
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.target, verbose=args.verbose)

@@ -27,8 +27,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from daemon.events import ModelEvent
-from engines.audio import pad_or_trim
+from edgescribe.daemon.events import ModelEvent
+from edgescribe.engines.audio import pad_or_trim
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ class EngineManager:
         ``engine`` (EngineConfig) how to run them."""
 
         def load(package_dir: Path) -> Any:
-            from engines.model import load_model
+            from edgescribe.engines.model import load_model
 
             return load_model(package_dir, backend=engine.backend, engine_dir=engine.engine_dir, threads=engine.threads)
 
@@ -270,7 +270,7 @@ class InferenceScheduler:
 
     def start(self) -> None:
         if self._decode is None:
-            from engines.decoding import decode
+            from edgescribe.engines.decoding import decode
 
             self._decode = decode
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
@@ -358,7 +358,7 @@ class InferenceScheduler:
 
     def _decode_batch(self, batch: list[DecodeRequest]) -> None:
         """Decode one batch and hand every request its outcome."""
-        from engines.decoding import DecodingOptions
+        from edgescribe.engines.decoding import DecodingOptions
 
         model = batch[0].lease.model
         mels, options = [], []

@@ -25,10 +25,10 @@ from typing import Optional
 
 import numpy as np
 
-from daemon.config.audio import SegmenterOptions
-from daemon.config.transcription import DEFAULT_PARTIAL_INTERVAL_S
-from daemon.ring_buffer import SAMPLE_RATE, AudioBlock
-from daemon.vad import FRAME_SAMPLES, VoiceDetector
+from edgescribe.daemon.config.audio import SegmenterOptions
+from edgescribe.daemon.config.transcription import DEFAULT_PARTIAL_INTERVAL_S
+from edgescribe.daemon.ring_buffer import SAMPLE_RATE, AudioBlock
+from edgescribe.daemon.vad import FRAME_SAMPLES, VoiceDetector
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from daemon.config import Config
-from daemon.events import Event, TranscriptEvent
-from daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth, package_version
-from daemon.notify import Notifier, Progress
-from daemon.pipeline import StreamPipeline
-from daemon.publisher import Publisher
-from daemon.scheduler import EngineManager, InferenceScheduler
+from edgescribe.daemon.config import Config
+from edgescribe.daemon.events import Event, TranscriptEvent
+from edgescribe.daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth, package_version
+from edgescribe.daemon.notify import Notifier, Progress
+from edgescribe.daemon.pipeline import StreamPipeline
+from edgescribe.daemon.publisher import Publisher
+from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler
 
 log = logging.getLogger(__name__)
 
@@ -134,11 +134,11 @@ class Service:
 
     def _start_optional_endpoints(self) -> None:
         if self.config.homeassistant.enabled:
-            from daemon import homeassistant
+            from edgescribe.daemon import homeassistant
 
             homeassistant.enable(self.config.homeassistant, self.publisher, package_version())
         if self.config.prometheus.enabled:
-            from daemon import prometheus
+            from edgescribe.daemon import prometheus
 
             prometheus.serve(self.config.prometheus, self.health)
 

@@ -49,13 +49,13 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 
-from daemon.config.transcription import TranscriptionConfig
-from daemon.events import Confidence, TranscriptEvent
-from daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler
-from engines.audio import CHUNK_SECONDS, SAMPLE_RATE
+from edgescribe.daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.events import Confidence, TranscriptEvent
+from edgescribe.daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler
+from edgescribe.engines.audio import CHUNK_SECONDS, SAMPLE_RATE
 
 if TYPE_CHECKING:
-    from daemon.segmenter import Utterance
+    from edgescribe.daemon.segmenter import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ class StreamTranscriber:
     # -- utterance updates (pipeline thread) -------------------------------------------------
 
     def push(self, utterance: Utterance) -> None:
-        """Handle one segmenter update (``daemon.segmenter.Utterance``)."""
+        """Handle one segmenter update (``edgescribe.daemon.segmenter.Utterance``)."""
         now = time.monotonic()
         duration = len(utterance.samples) / SAMPLE_RATE
         reused: Optional[DecodeOutcome] = None

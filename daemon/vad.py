@@ -15,8 +15,8 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from daemon.config.audio import VadOptions
-from engines.errors import BackendUnavailableError, ModelSourceError
+from edgescribe.daemon.config.audio import VadOptions
+from edgescribe.engines.errors import BackendUnavailableError, ModelSourceError
 
 log = logging.getLogger(__name__)
 

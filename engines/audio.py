@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import AudioInputError
+from edgescribe.engines.errors import AudioInputError
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
-from engines.errors import BackendUnavailableError
+from edgescribe.engines.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -27,9 +27,9 @@ def create_runner(
     load_tensorrt: Optional[Callable[[], object]] = None,
     system_root: Path = Path("/"),
 ):
-    """A Runner for ``package`` (an ``engines.package.ModelPackage``).
+    """A Runner for ``package`` (an ``edgescribe.engines.package.ModelPackage``).
 
-    ``load_tensorrt`` replaces ``engines.tensorrt.seam.load`` (tests); ``system_root`` is where
+    ``load_tensorrt`` replaces ``edgescribe.engines.tensorrt.seam.load`` (tests); ``system_root`` is where
     ``/etc/nv_tegra_release`` is looked for.
     """
     if backend not in BACKENDS:
@@ -49,17 +49,17 @@ def create_runner(
 
 
 def _onnx_runner(package, threads: int):
-    from engines.onnx_runner import OnnxRunner
+    from edgescribe.engines.onnx_runner import OnnxRunner
 
     return OnnxRunner(package, threads=threads)
 
 
 def _tensorrt_runner(package, engine_dir, load_tensorrt, system_root: Path):
-    from engines.tensorrt import seam
-    from engines.tensorrt.builder import build_hint
-    from engines.tensorrt.engine_cache import DEVICE_AND_MODEL_FIELDS, EngineBuildError, EngineCache
-    from engines.tensorrt.platform import device_facts
-    from engines.tensorrt.runner import TensorRTRunner
+    from edgescribe.engines.tensorrt import seam
+    from edgescribe.engines.tensorrt.builder import build_hint
+    from edgescribe.engines.tensorrt.engine_cache import DEVICE_AND_MODEL_FIELDS, EngineBuildError, EngineCache
+    from edgescribe.engines.tensorrt.platform import device_facts
+    from edgescribe.engines.tensorrt.runner import TensorRTRunner
 
     if engine_dir is None:
         raise BackendUnavailableError(f"no engine directory configured; {build_hint(package.dir, None)}")
@@ -80,7 +80,7 @@ def _tensorrt_runner(package, engine_dir, load_tensorrt, system_root: Path):
 
 def runtime_keys(package, facts):
     """Keys carrying only the fields the daemon checks (device, TensorRT, L4T, model)."""
-    from engines.tensorrt.engine_cache import GRAPHS, EngineKey, model_sha256
+    from edgescribe.engines.tensorrt.engine_cache import GRAPHS, EngineKey, model_sha256
 
     sha = model_sha256(package.dir)
     return {

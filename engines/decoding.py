@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from engines.tokenizer import TIME_PRECISION
+from edgescribe.engines.tokenizer import TIME_PRECISION
 
 if TYPE_CHECKING:
-    from engines.model import WhisperModel
+    from edgescribe.engines.model import WhisperModel
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines.package import write_package
-    from engines.weights import load_weights
+    from edgescribe.engines.package import write_package
+    from edgescribe.engines.weights import load_weights
 
     started = time.monotonic()
 

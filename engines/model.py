@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio import log_mel
-from engines.package import ModelPackage
-from engines.runtime import Runner
-from engines.tokenizer import WhisperTokenizer
-from engines.weights import ModelDims
+from edgescribe.engines.audio import log_mel
+from edgescribe.engines.package import ModelPackage
+from edgescribe.engines.runtime import Runner
+from edgescribe.engines.tokenizer import WhisperTokenizer
+from edgescribe.engines.weights import ModelDims
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ def load_model(
     engine_dir: str | Path | None = None,
     threads: int = 0,
 ) -> WhisperModel:
-    """Open a model package and the runner that executes it (see ``engines.backend``)."""
-    from engines.backend import create_runner
+    """Open a model package and the runner that executes it (see ``edgescribe.engines.backend``)."""
+    from edgescribe.engines.backend import create_runner
 
     package = ModelPackage.load(package_dir)
     runner = create_runner(package, backend=backend, engine_dir=engine_dir, threads=threads)

@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from engines.weights import WhisperWeights
+from edgescribe.engines.weights import WhisperWeights
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.errors import ModelPackageError
-from engines.package import ModelPackage
+from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.package import ModelPackage
 
 log = logging.getLogger(__name__)
 

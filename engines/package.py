@@ -19,8 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from engines.errors import ModelPackageError, ModelSourceError
-from engines.weights import ModelDims, WhisperWeights, file_sha256
+from edgescribe.engines.errors import ModelPackageError, ModelSourceError
+from edgescribe.engines.weights import ModelDims, WhisperWeights, file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ def write_package(
     ``layer_inputs`` (the default) exports the decoder with one cache/cross input per layer (manifest
     ``decoder_inputs: per_layer``) instead of stacked ones.
     """
-    from engines import onnx_export
+    from edgescribe.engines import onnx_export
 
     if quantize not in (None, "int8"):
         raise ValueError(f"unsupported quantization {quantize!r} (supported: int8)")

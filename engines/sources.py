@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.errors import ModelSourceError
+from edgescribe.engines.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import tokenizers
 
-from engines.errors import ModelPackageError
-from engines.package import TOKENIZER, ModelPackage, SpecialTokens
+from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.package import TOKENIZER, ModelPackage, SpecialTokens
 
 log = logging.getLogger(__name__)
 

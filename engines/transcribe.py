@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, pad_or_trim
-from engines.decoding import DecodingOptions, DecodingResult, decode
-from engines.model import WhisperModel
-from engines.tokenizer import TIME_PRECISION
+from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, pad_or_trim
+from edgescribe.engines.decoding import DecodingOptions, DecodingResult, decode
+from edgescribe.engines.model import WhisperModel
+from edgescribe.engines.tokenizer import TIME_PRECISION
 
 log = logging.getLogger(__name__)
 

@@ -33,10 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines.audio import load_audio
-    from engines.errors import EdgescribeError
-    from engines.model import load_model
-    from engines.transcribe import TranscribeOptions, transcribe
+    from edgescribe.engines.audio import load_audio
+    from edgescribe.engines.errors import EdgescribeError
+    from edgescribe.engines.model import load_model
+    from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 
     if args.threads < 0:
         raise EdgescribeError(f"--threads must be 0 or more, got {args.threads}")

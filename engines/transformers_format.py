@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import ModelSourceError
-from engines.weights import ModelDims, WeightsSource, WhisperWeights, file_sha256, read_tokenizer_json
+from edgescribe.engines.errors import ModelSourceError
+from edgescribe.engines.weights import ModelDims, WeightsSource, WhisperWeights, file_sha256, read_tokenizer_json
 
 log = logging.getLogger(__name__)
 

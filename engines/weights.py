@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.errors import ModelSourceError
+from edgescribe.engines.errors import ModelSourceError
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def check_complete(weights: WhisperWeights, where: str) -> None:
 def load_weights(source: str) -> WhisperWeights:
     """Weights from a built-in name (``tiny.en``, ``base``), a CTranslate2 or a HF directory."""
     # Imported here: the format readers import this module for the types above.
-    from engines import ctranslate2_format, sources, transformers_format
+    from edgescribe.engines import ctranslate2_format, sources, transformers_format
 
     if source in sources.BUILTIN_SOURCES:
         path, name = sources.resolve_builtin(source), source

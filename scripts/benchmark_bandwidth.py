@@ -27,11 +27,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.config.mqtt import HealthConfig, MqttConfig  # noqa: E402
-from daemon.events import Confidence, TranscriptEvent  # noqa: E402
-from daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth  # noqa: E402
-from daemon.publisher import Publisher  # noqa: E402
-from daemon.streaming import SpeculationCounts  # noqa: E402
+from edgescribe.daemon.config.mqtt import HealthConfig, MqttConfig  # noqa: E402
+from edgescribe.daemon.events import Confidence, TranscriptEvent  # noqa: E402
+from edgescribe.daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth  # noqa: E402
+from edgescribe.daemon.publisher import Publisher  # noqa: E402
+from edgescribe.daemon.streaming import SpeculationCounts  # noqa: E402
 from tests.fixtures.mosquitto import Mosquitto, Subscriber, free_port  # noqa: E402
 
 RAW_AUDIO_BYTES_PER_HOUR = 16_000 * 2 * 3600  # 16 kHz, 16-bit, mono

@@ -32,14 +32,14 @@ DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "en"
 
 def _worker(args: argparse.Namespace) -> None:
     """Runs inside the subprocess: load one system, transcribe every file --repeat times."""
-    from engines.audio import load_audio
+    from edgescribe.engines.audio import load_audio
 
     files = [Path(f) for f in args.files]
     audio = {f: load_audio(f) for f in files}
     started = time.perf_counter()
     if args.worker == "edgescribe":
-        from engines.model import load_model
-        from engines.transcribe import transcribe
+        from edgescribe.engines.model import load_model
+        from edgescribe.engines.transcribe import transcribe
 
         model = load_model(args.package, backend="onnxruntime", threads=args.threads)
         detail = f"{model.runner.precision} graphs"
@@ -96,8 +96,8 @@ def main() -> int:
         _worker(args)
         return 0
 
-    from engines.audio import load_audio
-    from engines.scoring import corpus_counts, read_transcripts
+    from edgescribe.engines.audio import load_audio
+    from edgescribe.engines.scoring import corpus_counts, read_transcripts
 
     files = [Path(f) for f in args.files] if args.files else sorted(DEFAULT_CORPUS.glob("*.wav"))
     audio_seconds = sum(len(load_audio(f)) for f in files) / 16000

@@ -36,12 +36,12 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions  # noqa: E402
-from daemon.config.transcription import TranscriptionConfig  # noqa: E402
-from daemon.events import GapEvent  # noqa: E402
-from daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
-from daemon.pipeline import StreamPipeline  # noqa: E402
-from engines.scoring import corpus_counts, read_transcripts  # noqa: E402
+from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions  # noqa: E402
+from edgescribe.daemon.config.transcription import TranscriptionConfig  # noqa: E402
+from edgescribe.daemon.events import GapEvent  # noqa: E402
+from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
+from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
+from edgescribe.engines.scoring import corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import Collected, spoken_stream, write_wav  # noqa: E402
 
 log = logging.getLogger("benchmark_streaming")
@@ -100,7 +100,7 @@ def short_ids(corpus: Path) -> list[str]:
 
 def files_for_stream(ids: list[str], index: int, count: int, seconds: float, corpus: Path) -> list[str]:
     """``count`` streams get distinct files: stream i starts i/count of the way through the list."""
-    from engines.audio import load_audio
+    from edgescribe.engines.audio import load_audio
 
     start = index * len(ids) // count
     chosen, total = [], 0.0
@@ -160,8 +160,8 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
 
 def streaming_vs_offline(model, result: RunResult) -> tuple[float, float, int]:
     """Corpus WER of the streaming finals and of offline transcription of the same files."""
-    from engines.audio import load_audio
-    from engines.transcribe import TranscribeOptions, transcribe
+    from edgescribe.engines.audio import load_audio
+    from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 
     streaming_pairs, offline_pairs = [], []
     for name, spoken in result.spoken.items():
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         args.latency_seconds, args.capacity_seconds, args.streams = 30.0, 20.0, "1,2"
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from engines.model import load_model
+    from edgescribe.engines.model import load_model
 
     model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
     engines = EngineManager(lambda path: model, args.model)

@@ -28,7 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 REPO = Path(__file__).resolve().parent.parent
 RECORDING = REPO / "engines" / "data" / "jfk_inaugural_1961.wav"
-EDGESCRIBE = [sys.executable, "-m", "daemon.cli"]
+EDGESCRIBE = [sys.executable, "-m", "edgescribe.daemon.cli"]
 
 
 def step(text: str) -> None:

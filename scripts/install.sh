@@ -132,7 +132,7 @@ config_value() {
     if [ -x "$VENV/bin/python" ] && [ -f "$CONFIG" ]; then
         "$VENV/bin/python" - "$CONFIG" "$key" <<'EOF' 2>/dev/null || echo "$fallback"
 import sys
-from daemon.config import load_config
+from edgescribe.daemon.config import load_config
 value = load_config(sys.argv[1])
 for part in sys.argv[2].split("."):
     value = getattr(value, part)

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.config.mqtt import MqttConfig  # noqa: E402
-from daemon.events import Confidence, TranscriptEvent  # noqa: E402
-from daemon.publisher import Publisher  # noqa: E402
-from engines.errors import EdgescribeError  # noqa: E402
+from edgescribe.daemon.config.mqtt import MqttConfig  # noqa: E402
+from edgescribe.daemon.events import Confidence, TranscriptEvent  # noqa: E402
+from edgescribe.daemon.publisher import Publisher  # noqa: E402
+from edgescribe.engines.errors import EdgescribeError  # noqa: E402
 
 
 def texts(path: str | None) -> list[str]:

@@ -44,14 +44,14 @@ done
 WORK="$(mktemp -d -t edgescribe-verify.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
 ENGINE_DIR="${ENGINE_DIR:-$WORK/engines}"
-EDGESCRIBE=("$PY" -m daemon.cli)
+EDGESCRIBE=("$PY" -m edgescribe.daemon.cli)
 
 step "device"
 "$PY" - <<'EOF' || die "TensorRT is not usable here (see the line above)"
 import sys
-from engines.errors import EdgescribeError
-from engines.tensorrt import seam
-from engines.tensorrt.platform import device_facts, read_l4t_release
+from edgescribe.engines.errors import EdgescribeError
+from edgescribe.engines.tensorrt import seam
+from edgescribe.engines.tensorrt.platform import device_facts, read_l4t_release
 try:
     trt = seam.load()
 except EdgescribeError as error:

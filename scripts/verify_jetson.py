@@ -52,16 +52,16 @@ class Measurement:
 
 
 def measure(args: argparse.Namespace) -> int:
-    from engines.model import load_model
-    from engines.scoring import corpus_counts, read_transcripts
-    from engines.transcribe import TranscribeOptions, transcribe
+    from edgescribe.engines.model import load_model
+    from edgescribe.engines.scoring import corpus_counts, read_transcripts
+    from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 
     started = time.monotonic()
     model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
     if args.backend == "onnxruntime":
         # The reference is float32, like the graphs TensorRT builds from (the daemon's CPU path
         # would prefer int8 graphs when the package has them).
-        from engines.onnx_runner import OnnxRunner
+        from edgescribe.engines.onnx_runner import OnnxRunner
 
         started = time.monotonic()
         model.runner = OnnxRunner(model.package, threads=args.threads, prefer_int8=False)
@@ -95,7 +95,7 @@ def token_latency_ms(model, wav: Path, steps: int) -> float:
     """Mean wall time of one single-token decoder step (encode and prompt excluded)."""
     import numpy as np
 
-    from engines.audio import load_audio, pad_or_trim
+    from edgescribe.engines.audio import load_audio, pad_or_trim
 
     mel = pad_or_trim(model.log_mel(load_audio(wav)))[None]
     runner = model.runner
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max-wer-delta", type=float, default=0.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from engines.errors import EdgescribeError
+    from edgescribe.engines.errors import EdgescribeError
 
     try:
         return measure(args) if args.command == "measure" else compare(args)

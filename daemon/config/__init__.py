@@ -2,7 +2,7 @@
 
 ``Config`` below is the one place that lists the sections. To add one, declare its
 dataclass in ``daemon/config/<section>.py`` (see ``schema.py``), add one field here, and
-regenerate the reference: ``python -m daemon.config.reference --write``.
+regenerate the reference: ``python -m edgescribe.daemon.config.reference --write``.
 """
 
 from __future__ import annotations
@@ -11,14 +11,14 @@ import os
 from dataclasses import dataclass
 from typing import ClassVar
 
-from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
-from daemon.config.engine import EngineConfig
-from daemon.config.loader import InvalidConfig, load_file
-from daemon.config.models import ModelsConfig
-from daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig, PrometheusConfig
-from daemon.config.schema import setting
-from daemon.config.service import DEVICE_ID_PATTERN, DEVICE_ID_TEXT, LoggingConfig, ServiceConfig
-from daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
+from edgescribe.daemon.config.engine import EngineConfig
+from edgescribe.daemon.config.loader import InvalidConfig, load_file
+from edgescribe.daemon.config.models import ModelsConfig
+from edgescribe.daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig, PrometheusConfig
+from edgescribe.daemon.config.schema import setting
+from edgescribe.daemon.config.service import DEVICE_ID_PATTERN, DEVICE_ID_TEXT, LoggingConfig, ServiceConfig
+from edgescribe.daemon.config.transcription import TranscriptionConfig
 
 DEFAULT_PATH = "/etc/edgescribe/config.yaml"
 

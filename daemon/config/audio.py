@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from daemon.config.schema import setting
+from edgescribe.daemon.config.schema import setting
 
 SAMPLE_FORMATS = ("auto", "S16_LE", "S24_LE", "S24_3LE", "S32_LE", "FLOAT_LE")
 

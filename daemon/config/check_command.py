@@ -22,8 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
-    from daemon.config import InvalidConfig, load_config
-    from daemon.config.reference import plain
+    from edgescribe.daemon.config import InvalidConfig, load_config
+    from edgescribe.daemon.config.reference import plain
 
     try:
         config = load_config(args.file)

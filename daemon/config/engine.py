@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.config.schema import setting
+from edgescribe.daemon.config.schema import setting
 
 # One place for the defaults that `edgescribe build-engines` and the daemon share, so the
 # engines the install-time unit builds are the ones the daemon looks for.

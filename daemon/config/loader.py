@@ -28,7 +28,7 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from engines.errors import ConfigError
+from edgescribe.engines.errors import ConfigError
 
 # A configuration is a few kilobytes; anything this large is the wrong file.
 MAX_FILE_BYTES = 1 << 20

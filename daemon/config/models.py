@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from daemon.config.schema import setting
+from edgescribe.daemon.config.schema import setting
 
 DEFAULT_PACKAGE_DIR = Path("/var/lib/edgescribe/model")  # whichever model install.sh --model exported
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from daemon.config.schema import setting
+from edgescribe.daemon.config.schema import setting
 
 
 @dataclass

@@ -6,7 +6,7 @@ Two outputs, both checked in and both kept current by a test:
   ``/etc/edgescribe/config.yaml``); every key with its help, allowed values and default.
 * ``docs/configuration.md`` - the same as tables.
 
-Regenerate after changing a section: ``python -m daemon.config.reference --write``.
+Regenerate after changing a section: ``python -m edgescribe.daemon.config.reference --write``.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from typing import Any, Iterator
 
 import yaml
 
-from daemon.config.loader import unwrap_optional, describe, field_default, field_types
+from edgescribe.daemon.config.loader import unwrap_optional, describe, field_default, field_types
 
 REPO = Path(__file__).resolve().parents[2]
 YAML_PATH = REPO / "config" / "edgescribe.yaml"
 MARKDOWN_PATH = REPO / "docs" / "configuration.md"
 WIDTH = 92
-REGENERATE = "python -m daemon.config.reference --write"
+REGENERATE = "python -m edgescribe.daemon.config.reference --write"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +333,7 @@ def render_markdown(root: type) -> str:
 
 
 def outputs() -> dict[Path, str]:
-    from daemon.config import Config
+    from edgescribe.daemon.config import Config
 
     return {YAML_PATH: render_yaml(Config), MARKDOWN_PATH: render_markdown(Config)}
 

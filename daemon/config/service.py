@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from daemon.config.schema import setting
+from edgescribe.daemon.config.schema import setting
 
 # One MQTT topic level and one Home Assistant object id: no "/", "+", "#", spaces or dots.
 DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from daemon.config.schema import setting
+from edgescribe.daemon.config.schema import setting
 
 # The segmenter hands out the utterance so far at this pace when it is built without a
 # transcription section (tests, tools); the daemon passes partial_interval_s.

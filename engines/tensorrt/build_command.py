@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from daemon.config.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_WORKSPACE_MB
+    from edgescribe.daemon.config.engine import DEFAULT_MAX_BATCH, DEFAULT_MAX_PROMPT_TOKENS, DEFAULT_WORKSPACE_MB
 
     parser.add_argument(
         "--config", type=Path,
@@ -39,10 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines.errors import ConfigError
-    from engines.package import ModelPackage
-    from engines.tensorrt import seam
-    from engines.tensorrt.builder import profiles
+    from edgescribe.engines.errors import ConfigError
+    from edgescribe.engines.package import ModelPackage
+    from edgescribe.engines.tensorrt import seam
+    from edgescribe.engines.tensorrt.builder import profiles
 
     settings = _settings(args)
     if not settings.package_dirs or settings.engine_dir is None:
@@ -76,13 +76,13 @@ class BuildSettings:
 
 def _settings(args: argparse.Namespace) -> BuildSettings:
     """What to build, where and how: flags first, then the config file, then the defaults."""
-    from engines.errors import ConfigError
-    from engines.tensorrt.builder import BuildOptions
-    from daemon.config.engine import EngineConfig
+    from edgescribe.engines.errors import ConfigError
+    from edgescribe.engines.tensorrt.builder import BuildOptions
+    from edgescribe.daemon.config.engine import EngineConfig
 
     config = None
     if args.config is not None:
-        from daemon.config import load_config
+        from edgescribe.daemon.config import load_config
 
         config = load_config(args.config)
     defaults = config.engine if config is not None else EngineConfig()
@@ -124,12 +124,12 @@ def build_engines(
     reference_wav: Optional[Path] = None,
 ) -> bool:
     """Make ``engine_dir/<package name>`` hold validated engines; True when it built any."""
-    from engines.errors import ConfigError
-    from engines.tensorrt import validation
-    from engines.tensorrt.builder import EngineBuilder, ValidationOutcome, expected_keys, recipe
-    from engines.tensorrt.engine_cache import EngineCache, model_sha256
-    from engines.tensorrt.platform import device_facts
-    from engines.tensorrt.runner import TensorRTRunner
+    from edgescribe.engines.errors import ConfigError
+    from edgescribe.engines.tensorrt import validation
+    from edgescribe.engines.tensorrt.builder import EngineBuilder, ValidationOutcome, expected_keys, recipe
+    from edgescribe.engines.tensorrt.engine_cache import EngineCache, model_sha256
+    from edgescribe.engines.tensorrt.platform import device_facts
+    from edgescribe.engines.tensorrt.runner import TensorRTRunner
 
     dims = package.dims
     facts = device_facts(trt, system_root)
@@ -143,7 +143,7 @@ def build_engines(
     onnx = {"encoder": encoder_onnx, "decoder": decoder_onnx}
 
     def validate() -> ValidationOutcome:
-        from engines.onnx_runner import OnnxRunner
+        from edgescribe.engines.onnx_runner import OnnxRunner
 
         mel = validation.reference_mel(package.mel_filters(), reference_wav or validation.REFERENCE_WAV)
         special = package.manifest.special_tokens
@@ -174,9 +174,9 @@ def _prompt(package) -> list[int]:
 
 
 def _transcribe(package, runner, mel) -> str:
-    from engines.decoding import DecodingOptions, decode
-    from engines.model import WhisperModel
-    from engines.tokenizer import WhisperTokenizer
+    from edgescribe.engines.decoding import DecodingOptions, decode
+    from edgescribe.engines.model import WhisperModel
+    from edgescribe.engines.tokenizer import WhisperTokenizer
 
     model = WhisperModel(package, WhisperTokenizer.from_package(package), runner, package.mel_filters(), package.dir.name)
     return decode(model, mel, DecodingOptions(language="en", without_timestamps=True))[0].text

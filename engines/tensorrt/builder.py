@@ -14,11 +14,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
-from engines.errors import EdgescribeError
-from engines.onnx_export import CACHE_INPUTS, layer_input
-from engines.tensorrt.engine_cache import GRAPHS, EngineBuildError, EngineCache, EngineKey
-from engines.tensorrt.platform import DeviceFacts
-from engines.tensorrt.seam import NetworkRecipe, Shape
+from edgescribe.engines.errors import EdgescribeError
+from edgescribe.engines.onnx_export import CACHE_INPUTS, layer_input
+from edgescribe.engines.tensorrt.engine_cache import GRAPHS, EngineBuildError, EngineCache, EngineKey
+from edgescribe.engines.tensorrt.platform import DeviceFacts
+from edgescribe.engines.tensorrt.seam import NetworkRecipe, Shape
 
 log = logging.getLogger(__name__)
 

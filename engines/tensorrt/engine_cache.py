@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from engines.errors import EdgescribeError
+from edgescribe.engines.errors import EdgescribeError
 
 log = logging.getLogger(__name__)
 

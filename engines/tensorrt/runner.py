@@ -10,7 +10,7 @@ is still one cache buffer per window and one optimisation profile. Buffers are s
 engines' own tensor shapes and dtypes (name-based TensorRT 10 API), so fp16 K/V engines and
 fp32 ones run through the same code; the host converts only mel (in) and logits (out).
 
-All GPU calls go through ``engines.tensorrt.seam``.
+All GPU calls go through ``edgescribe.engines.tensorrt.seam``.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from engines.onnx_export import layer_input
-from engines.tensorrt.builder import KVInput, kv_inputs
-from engines.tensorrt.engine_cache import EngineBuildError, EngineCache
-from engines.tensorrt.seam import DeviceBuffer, Shape
+from edgescribe.engines.onnx_export import layer_input
+from edgescribe.engines.tensorrt.builder import KVInput, kv_inputs
+from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
+from edgescribe.engines.tensorrt.seam import DeviceBuffer, Shape
 
 log = logging.getLogger(__name__)
 

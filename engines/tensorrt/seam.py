@@ -21,7 +21,7 @@ from typing import Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
-from engines.errors import BackendUnavailableError
+from edgescribe.engines.errors import BackendUnavailableError
 
 log = logging.getLogger(__name__)
 

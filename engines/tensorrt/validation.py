@@ -232,6 +232,6 @@ def validate(
 
 def reference_mel(mel_filters: np.ndarray, wav: Path = REFERENCE_WAV) -> np.ndarray:
     """The reference recording as one 30-s log-mel window, float32 [1, n_mels, 3000]."""
-    from engines.audio import load_audio, log_mel, pad_or_trim
+    from edgescribe.engines.audio import load_audio, log_mel, pad_or_trim
 
     return pad_or_trim(log_mel(load_audio(wav), mel_filters))[None].astype(np.float32)

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
-from daemon.capture import AlsaSource, CaptureStream, Overrun, StreamingResampler, WavSource, to_mono
-from daemon.config.audio import CaptureOptions, StreamConfig
-from daemon.events import GapEvent, StreamStateEvent
-from engines.audio import load_audio, resample
-from engines.errors import AudioInputError
+from edgescribe.daemon.capture import AlsaSource, CaptureStream, Overrun, StreamingResampler, WavSource, to_mono
+from edgescribe.daemon.config.audio import CaptureOptions, StreamConfig
+from edgescribe.daemon.events import GapEvent, StreamStateEvent
+from edgescribe.engines.audio import load_audio, resample
+from edgescribe.engines.errors import AudioInputError
 from tests.fixtures.alsa import SPEECH_FILE, AlsaDevices, alsa_devices  # noqa: F401 (fixture)
 
 

@@ -14,10 +14,10 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import Config, InvalidConfig, load_config
-from daemon.config.loader import field_default, field_types, load_file, load_text, read_secret, unwrap_optional
-from daemon.config.service import LoggingConfig, ServiceConfig
-from engines.errors import ConfigError
+from edgescribe.daemon.config import Config, InvalidConfig, load_config
+from edgescribe.daemon.config.loader import field_default, field_types, load_file, load_text, read_secret, unwrap_optional
+from edgescribe.daemon.config.service import LoggingConfig, ServiceConfig
+from edgescribe.engines.errors import ConfigError
 from tests.fixtures.config_sections import Link, Root, Stream, Tls
 
 REPO = Path(__file__).resolve().parents[2]
@@ -308,7 +308,7 @@ def test_read_secret_from_file_and_credential(tmp_path, monkeypatch):
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "edgescribe.daemon.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
     )
 
 

@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.config import Config
-from daemon.config.loader import InvalidConfig, load_file, load_text
-from daemon.config.reference import keys, plain, section_of
+from edgescribe.daemon.config import Config
+from edgescribe.daemon.config.loader import InvalidConfig, load_file, load_text
+from edgescribe.daemon.config.reference import keys, plain, section_of
 from tests.fixtures.config_sections import Root
 
 REPO = Path(__file__).resolve().parents[2]
@@ -225,7 +225,7 @@ def test_check_config_command_on_malformed_files(tmp_path):
         path = tmp_path / f"{case}.yaml"
         path.write_bytes(HANDMADE[case])
         result = subprocess.run(
-            [sys.executable, "-m", "daemon.cli", "check-config", str(path)],
+            [sys.executable, "-m", "edgescribe.daemon.cli", "check-config", str(path)],
             cwd=REPO, capture_output=True, text=True, timeout=60,
         )
         assert result.returncode == 2, (case, result.stderr)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from daemon.config import Config, load_config
-from daemon.config.loader import load_text
-from daemon.config.reference import (
+from edgescribe.daemon.config import Config, load_config
+from edgescribe.daemon.config.loader import load_text
+from edgescribe.daemon.config.reference import (
     MARKDOWN_PATH,
     REGENERATE,
     YAML_PATH,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from daemon import devices_command
-from daemon.devices_command import format_listing
+from edgescribe.daemon import devices_command
+from edgescribe.daemon.devices_command import format_listing
 from tests.fixtures.alsa import AlsaDevices, alsa_devices  # noqa: F401 (fixture)
 
 

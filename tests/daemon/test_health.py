@@ -7,10 +7,10 @@ from pathlib import Path
 
 import psutil
 
-from daemon.config.mqtt import HealthConfig, MqttConfig
-from daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth
-from daemon.publisher import Publisher
-from daemon.streaming import SpeculationCounts
+from edgescribe.daemon.config.mqtt import HealthConfig, MqttConfig
+from edgescribe.daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth
+from edgescribe.daemon.publisher import Publisher
+from edgescribe.daemon.streaming import SpeculationCounts
 from tests.fixtures.mosquitto import Subscriber, mosquitto, validate_payload  # noqa: F401 (fixture)
 
 ORIN = Path(__file__).resolve().parents[1] / "data" / "orin-sysfs"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig
-from daemon.health import HealthReporter
-from daemon.homeassistant import SENSORS, discovery_messages, enable
-from daemon.publisher import Publisher, Topics
+from edgescribe.daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig
+from edgescribe.daemon.health import HealthReporter
+from edgescribe.daemon.homeassistant import SENSORS, discovery_messages, enable
+from edgescribe.daemon.publisher import Publisher, Topics
 from tests.fixtures.mosquitto import Subscriber, mosquitto  # noqa: F401 (fixture)
 
 ORIN = Path(__file__).resolve().parents[1] / "data" / "orin-sysfs"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.logging_setup import journal_handler, setup_logging, under_systemd
+from edgescribe.daemon.logging_setup import journal_handler, setup_logging, under_systemd
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -81,12 +81,12 @@ def test_plain_stderr_lines_outside_systemd():
     code = textwrap.dedent(
         """
         import logging
-        from daemon.logging_setup import setup_logging
+        from edgescribe.daemon.logging_setup import setup_logging
         setup_logging("info")
-        logging.getLogger("daemon.capture").info("opened %s", "hw:1,0", extra={"stream": "mic"})
-        logging.getLogger("daemon.capture").debug("not shown")
+        logging.getLogger("edgescribe.daemon.capture").info("opened %s", "hw:1,0", extra={"stream": "mic"})
+        logging.getLogger("edgescribe.daemon.capture").debug("not shown")
         """
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
-    assert result.stderr == "INFO daemon.capture: opened hw:1,0\n"
+    assert result.stderr == "INFO edgescribe.daemon.capture: opened hw:1,0\n"

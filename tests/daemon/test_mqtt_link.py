@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from daemon.config.mqtt import HealthConfig, MqttConfig
-from daemon.health import HealthReporter, HealthSources
-from daemon.mqtt_link import MqttLink, read_password
-from daemon.publisher import Publisher
-from engines.errors import ConfigError
+from edgescribe.daemon.config.mqtt import HealthConfig, MqttConfig
+from edgescribe.daemon.health import HealthReporter, HealthSources
+from edgescribe.daemon.mqtt_link import MqttLink, read_password
+from edgescribe.daemon.publisher import Publisher
+from edgescribe.engines.errors import ConfigError
 from tests.daemon.test_publisher import transcript
 from tests.fixtures.mosquitto import (Mosquitto, Subscriber, free_port, make_ca_and_server_cert, make_password_file,
                                       mosquitto, retained, validate_payload)  # noqa: F401 (fixture)
@@ -123,7 +123,7 @@ def test_refusals_are_clear_retried_and_keep_the_outbox(tls_broker, tls_files, t
     assert expected in stats.last_error
     assert expected in snapshot["mqtt"]["last_error"]
     validate_payload(snapshot, "health")
-    logged = [r.getMessage() for r in caplog.records if r.name == "daemon.mqtt_link" and r.levelname == "ERROR"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "edgescribe.daemon.mqtt_link" and r.levelname == "ERROR"]
     assert len(logged) == 1 and expected in logged[0]  # one clear line, not one per attempt
     # Nothing was lost: with the right settings the stored final goes out.
     subscriber = Subscriber(tls_broker.port, ["edgescribe/#"], tls_ca=str(trusted.ca_file), username="press7",

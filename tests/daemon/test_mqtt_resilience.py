@@ -14,8 +14,8 @@ import threading
 import time
 from pathlib import Path
 
-from daemon.config.mqtt import MqttConfig
-from daemon.publisher import Publisher
+from edgescribe.daemon.config.mqtt import MqttConfig
+from edgescribe.daemon.publisher import Publisher
 from tests.daemon.test_publisher import transcript
 from tests.fixtures.mosquitto import Subscriber, mosquitto, retained, validate_payload  # noqa: F401 (fixture)
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from daemon.notify import Notifier, Progress
+from edgescribe.daemon.notify import Notifier, Progress
 
 pytest.importorskip("systemd.daemon", reason="systemd-python (edgescribe[systemd]) is not installed")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from daemon.outbox import Drops, Outbox, OutboxLimits
+from edgescribe.daemon.outbox import Drops, Outbox, OutboxLimits
 
 
 class Clock:
@@ -96,7 +96,7 @@ def test_disk_full_is_logged_once_counted_and_retried(tmp_path, caplog):
     # A real SQLITE_FULL: cap the database at its current size, as a full disk would.
     pages = box._db.execute("PRAGMA page_count").fetchone()[0]
     box._db.execute(f"PRAGMA max_page_count={pages}")
-    with caplog.at_level(logging.ERROR, logger="daemon.outbox"):
+    with caplog.at_level(logging.ERROR, logger="edgescribe.daemon.outbox"):
         held = [put(box, "x" * 5000 + str(i))[0] for i in range(3)]
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "cannot be written" in errors[0].getMessage()

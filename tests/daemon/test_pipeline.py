@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import threading
 
-from daemon.capture import CaptureStream
-from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
-from daemon.config.transcription import TranscriptionConfig
-from daemon.pipeline import StreamPipeline
-from daemon.ring_buffer import AudioBlock
-from daemon.scheduler import InferenceScheduler
-from daemon.segmenter import Utterance
+from edgescribe.daemon.capture import CaptureStream
+from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
+from edgescribe.daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.pipeline import StreamPipeline
+from edgescribe.daemon.ring_buffer import AudioBlock
+from edgescribe.daemon.scheduler import InferenceScheduler
+from edgescribe.daemon.segmenter import Utterance
 from tests.fixtures.streaming import segmenter_for, spoken_stream, write_wav
 
 

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.config.transcription import TranscriptionConfig
-from daemon.scheduler import InferenceScheduler
-from daemon.streaming import StreamTranscriber
-from engines.audio import load_audio
-from engines.scoring import corpus_counts
-from engines.transcribe import TranscribeOptions, transcribe
+from edgescribe.daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.scheduler import InferenceScheduler
+from edgescribe.daemon.streaming import StreamTranscriber
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.scoring import corpus_counts
+from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 from tests.fixtures.models import tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
     Collected,

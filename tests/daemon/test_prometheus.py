@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.mqtt import HealthConfig, PrometheusConfig
-from daemon.health import HealthReporter
-from daemon.prometheus import serve
-from engines.errors import ConfigError
+from edgescribe.daemon.config.mqtt import HealthConfig, PrometheusConfig
+from edgescribe.daemon.health import HealthReporter
+from edgescribe.daemon.prometheus import serve
+from edgescribe.engines.errors import ConfigError
 from tests.daemon.test_health import sources
 from tests.fixtures.mosquitto import free_port
 

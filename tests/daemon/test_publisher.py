@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from daemon.config.mqtt import MqttConfig
-from daemon.events import Confidence, GapEvent, ModelEvent, OutboxDropEvent, StreamStateEvent, TranscriptEvent
-from daemon.publisher import Publisher, Topics, event_payload, final_payload, iso_utc, partial_payload
-from engines.errors import ConfigError
+from edgescribe.daemon.config.mqtt import MqttConfig
+from edgescribe.daemon.events import Confidence, GapEvent, ModelEvent, OutboxDropEvent, StreamStateEvent, TranscriptEvent
+from edgescribe.daemon.publisher import Publisher, Topics, event_payload, final_payload, iso_utc, partial_payload
+from edgescribe.engines.errors import ConfigError
 from tests.fixtures.mosquitto import Subscriber, mosquitto, validate_payload  # noqa: F401 (fixture)
 
 WALL = 1_795_000_000.25

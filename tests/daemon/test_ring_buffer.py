@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from daemon.ring_buffer import AudioBlock, RingBuffer
+from edgescribe.daemon.ring_buffer import AudioBlock, RingBuffer
 
 
 def block(index: int, seconds: float = 0.1) -> AudioBlock:

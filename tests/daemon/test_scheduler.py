@@ -13,17 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.capture import CaptureStream
-from daemon.config.audio import CaptureOptions, StreamConfig
-from daemon.config.transcription import TranscriptionConfig
-from daemon.events import ModelEvent
-from daemon.scheduler import DecodeRequest, EngineManager, InferenceScheduler
-from daemon.segmenter import Utterance
-from daemon.pipeline import StreamPipeline
-from daemon.streaming import StreamTranscriber
-from engines.audio import load_audio
-from engines.decoding import decode
-from engines.scoring import corpus_counts, read_transcripts, wer
+from edgescribe.daemon.capture import CaptureStream
+from edgescribe.daemon.config.audio import CaptureOptions, StreamConfig
+from edgescribe.daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.events import ModelEvent
+from edgescribe.daemon.scheduler import DecodeRequest, EngineManager, InferenceScheduler
+from edgescribe.daemon.segmenter import Utterance
+from edgescribe.daemon.pipeline import StreamPipeline
+from edgescribe.daemon.streaming import StreamTranscriber
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.decoding import decode
+from edgescribe.engines.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
     THREADS,
@@ -218,7 +218,7 @@ def _utterance(stream, key, audio, ended, start=0.0):
 
 
 def test_serving_switches_from_tiny_to_base_between_utterances(corpus, tiny_en_package, base_package):  # noqa: F811
-    from engines.model import load_model
+    from edgescribe.engines.model import load_model
 
     base_dir = base_package.dir
     upgrade_may_finish = threading.Event()
@@ -264,7 +264,7 @@ def test_an_upgrade_that_fails_to_load_keeps_the_serving_model(tmp_path, tiny_en
 
     def load(path):
         if Path(path) == broken:
-            from engines.model import load_model
+            from edgescribe.engines.model import load_model
 
             return load_model(path)  # raises ModelPackageError: no manifest
         return tiny_en_model
@@ -279,8 +279,8 @@ def test_an_upgrade_that_fails_to_load_keeps_the_serving_model(tmp_path, tiny_en
 
 
 def test_the_daemon_configuration_names_the_packages_and_how_they_run(tiny_en_package):  # noqa: F811
-    from daemon.config.engine import EngineConfig
-    from daemon.config.models import ModelsConfig
+    from edgescribe.daemon.config.engine import EngineConfig
+    from edgescribe.daemon.config.models import ModelsConfig
 
     events = Collected()
     engines = EngineManager.from_config(

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.capture import AudioBlock
-from daemon.config.audio import SegmenterOptions
-from daemon.segmenter import PAUSE_AFTER_S, Segmenter, quietest_point
-from daemon.vad import FRAME_SAMPLES, EnergyVad, SileroVad
-from engines.audio import load_audio
+from edgescribe.daemon.capture import AudioBlock
+from edgescribe.daemon.config.audio import SegmenterOptions
+from edgescribe.daemon.segmenter import PAUSE_AFTER_S, Segmenter, quietest_point
+from edgescribe.daemon.vad import FRAME_SAMPLES, EnergyVad, SileroVad
+from edgescribe.engines.audio import load_audio
 
 RATE = 16000
 BLOCK = 1600  # 0.1 s, as capture delivers

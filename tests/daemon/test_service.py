@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.scoring import wer
+from edgescribe.engines.scoring import wer
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto, retained, validate_payload  # noqa: F401
 
@@ -49,7 +49,7 @@ health:
 
 def start_daemon(config: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(config), *extra],
+        [sys.executable, "-m", "edgescribe.daemon.cli", "run", "--config", str(config), *extra],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
@@ -148,7 +148,7 @@ def test_bad_config_is_one_line_exit_2(tmp_path):
     config = tmp_path / "config.yaml"
     config.write_text("device_id: x\nstreams:\n  - name: a\n    devcie: hw:1,0\n")
     result = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "run", "--config", str(config)], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "-m", "edgescribe.daemon.cli", "run", "--config", str(config)], cwd=REPO, capture_output=True, text=True
     )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.capture import AlsaSource, CaptureStream
-from daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig
-from daemon.config.transcription import TranscriptionConfig
-from daemon.events import GapEvent
-from daemon.ring_buffer import AudioBlock
-from daemon.scheduler import InferenceScheduler
-from daemon.segmenter import PAUSE_AFTER_S, Segmenter, Utterance
-from daemon.streaming import (
+from edgescribe.daemon.capture import AlsaSource, CaptureStream
+from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig
+from edgescribe.daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.events import GapEvent
+from edgescribe.daemon.ring_buffer import AudioBlock
+from edgescribe.daemon.scheduler import InferenceScheduler
+from edgescribe.daemon.segmenter import PAUSE_AFTER_S, Segmenter, Utterance
+from edgescribe.daemon.streaming import (
     LocalAgreement,
     StreamTranscriber,
     build_prompt,
@@ -31,10 +31,10 @@ from daemon.streaming import (
     split_windows,
     strip_repeated_prefix,
 )
-from daemon.vad import SileroVad
-from engines.audio import load_audio
-from engines.decoding import compression_ratio, decode
-from engines.scoring import corpus_counts, read_transcripts, wer
+from edgescribe.daemon.vad import SileroVad
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.decoding import compression_ratio, decode
+from edgescribe.engines.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.alsa import SPEECH_FILE, AlsaDevices, alsa_devices  # noqa: F401
 from tests.fixtures.models import tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from daemon.sysfs import PowerRail, read_jetson, read_meminfo, read_power_rails, read_temperatures
+from edgescribe.daemon.sysfs import PowerRail, read_jetson, read_meminfo, read_power_rails, read_temperatures
 
 ORIN = Path(__file__).resolve().parents[1] / "data" / "orin-sysfs"
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from daemon.config.audio import VadOptions
-from daemon.vad import BUNDLED_MODEL, FRAME_SAMPLES, EnergyVad, SileroVad, create_vad, rms_dbfs
-from engines.audio import load_audio
-from engines.errors import ModelSourceError
+from edgescribe.daemon.config.audio import VadOptions
+from edgescribe.daemon.vad import BUNDLED_MODEL, FRAME_SAMPLES, EnergyVad, SileroVad, create_vad, rms_dbfs
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.errors import ModelSourceError
 
 SPEECH = ["en/arctic_axb_a0004.wav", "en/lj_LJ001-0002.wav", "en/ls_1089-134686-0000.wav",
           "zh/aishell1_BAC009S0002W0122.wav"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.audio import load_audio
-from engines.scoring import ErrorCounts, character_errors, read_transcripts, word_errors
-from engines.transcribe import TranscribeOptions, transcribe
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.scoring import ErrorCounts, character_errors, read_transcripts, word_errors
+from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 from tests.fixtures.faster_whisper_reference import load_reference, reference_transcribe
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 from tests.fixtures.whisper_models import base_model, tiny_en_model  # noqa: F401  (fixtures)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from faster_whisper.feature_extractor import FeatureExtractor
 
-from engines.audio import (
+from edgescribe.engines.audio import (
     N_FRAMES,
     decode_wav,
     load_audio,
@@ -17,7 +17,7 @@ from engines.audio import (
     pad_or_trim,
     resample,
 )
-from engines.errors import AudioInputError
+from edgescribe.engines.errors import AudioInputError
 
 
 def _wav_bytes(samples: np.ndarray, rate: int, bits: int, channels: int = 1, float_format: bool = False,

@@ -7,14 +7,14 @@ import sys
 
 import pytest
 
-from engines.backend import create_runner
-from engines.errors import BackendUnavailableError
-from engines.onnx_runner import OnnxRunner
-from engines.tensorrt import seam
-from engines.tensorrt.build_command import build_engines
-from engines.tensorrt.builder import BuildOptions
-from engines.tensorrt.platform import read_l4t_release
-from engines.tensorrt.runner import TensorRTRunner
+from edgescribe.engines.backend import create_runner
+from edgescribe.engines.errors import BackendUnavailableError
+from edgescribe.engines.onnx_runner import OnnxRunner
+from edgescribe.engines.tensorrt import seam
+from edgescribe.engines.tensorrt.build_command import build_engines
+from edgescribe.engines.tensorrt.builder import BuildOptions
+from edgescribe.engines.tensorrt.platform import read_l4t_release
+from edgescribe.engines.tensorrt.runner import TensorRTRunner
 from tests.fixtures.fake_tensorrt import FakeTensorRT, tiny_per_layer_package  # noqa: F401 (fixture)
 from tests.fixtures.model_package import onnx_sessions, tiny_package  # noqa: F401 (fixtures)
 
@@ -34,7 +34,7 @@ Description: NVIDIA Core Package
 
 
 def backend_lines(caplog) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "engines.backend"]
+    return [r.getMessage() for r in caplog.records if r.name == "edgescribe.engines.backend"]
 
 
 def fake_etc(root, release=None, dpkg=None):
@@ -89,7 +89,7 @@ def _importable(name: str) -> bool:
 
 @pytest.mark.skipif(_importable("tensorrt"), reason="checks the machine without TensorRT")
 def test_auto_without_tensorrt_picks_onnxruntime_and_says_why(tiny_package, tmp_path, caplog):  # noqa: F811
-    caplog.set_level(logging.INFO, logger="engines.backend")
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     runner = create_runner(tiny_package, "auto", engine_dir=tmp_path, threads=1)
     assert isinstance(runner, OnnxRunner)
     [line] = backend_lines(caplog)
@@ -110,7 +110,7 @@ def test_unknown_backend_is_refused(tiny_package):  # noqa: F811
 
 
 def test_onnxruntime_requested_is_logged_as_configured(tiny_package, caplog):  # noqa: F811
-    caplog.set_level(logging.INFO, logger="engines.backend")
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     assert isinstance(create_runner(tiny_package, "onnxruntime", threads=1), OnnxRunner)
     assert backend_lines(caplog)[-1] == "backend: onnxruntime (configured)"
 
@@ -129,7 +129,7 @@ def built(tiny_package, onnx_sessions, tmp_path_factory):  # noqa: F811
 
 def test_auto_with_validated_engines_for_this_device_picks_tensorrt(tiny_package, built, caplog):  # noqa: F811
     engine_dir, fake = built
-    caplog.set_level(logging.INFO, logger="engines.backend")
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     runner = create_runner(tiny_package, "auto", engine_dir=engine_dir, load_tensorrt=lambda: fake)
     assert isinstance(runner, TensorRTRunner) and runner.name == "tensorrt"
     line = backend_lines(caplog)[-1]
@@ -141,7 +141,7 @@ def test_auto_with_engines_for_another_gpu_falls_back_with_the_reason(tiny_packa
     engine_dir, _ = built
     other = FakeTensorRT(sessions=onnx_sessions)
     other.gpu.name = "NVIDIA GeForce RTX 4090"
-    caplog.set_level(logging.INFO, logger="engines.backend")
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     assert isinstance(create_runner(tiny_package, "auto", engine_dir=engine_dir, threads=1, load_tensorrt=lambda: other), OnnxRunner)
     line = backend_lines(caplog)[-1]
     assert "is stale: gpu_name: built for Orin, now NVIDIA GeForce RTX 4090" in line
@@ -163,7 +163,7 @@ def test_tensorrt_requested_without_engines_tells_the_command_to_run(tiny_packag
 def test_engine_that_fails_to_deserialise_falls_back_naming_the_file(tiny_package, built, onnx_sessions, caplog):  # noqa: F811
     engine_dir, _ = built
     broken = FakeTensorRT(sessions=onnx_sessions, unloadable=1)
-    caplog.set_level(logging.INFO, logger="engines.backend")
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     assert isinstance(create_runner(tiny_package, "auto", engine_dir=engine_dir, threads=1, load_tensorrt=lambda: broken), OnnxRunner)
     line = backend_lines(caplog)[-1]
     assert f"TensorRT not used: {engine_dir / 'tiny.en' / 'encoder.engine'}: TensorRT could not deserialise" in line
@@ -172,7 +172,7 @@ def test_engine_that_fails_to_deserialise_falls_back_naming_the_file(tiny_packag
 
 def test_l4t_upgrade_makes_engines_stale_for_the_daemon(tiny_package, built, tmp_path, caplog):  # noqa: F811
     engine_dir, fake = built
-    caplog.set_level(logging.INFO, logger="engines.backend")
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     root = fake_etc(tmp_path, JETPACK_62)
     runner = create_runner(tiny_package, "auto", engine_dir=engine_dir, threads=1, load_tensorrt=lambda: fake, system_root=root)
     assert isinstance(runner, OnnxRunner)
@@ -190,7 +190,7 @@ def test_tensorrt_runner_decodes_like_onnx_runtime(tiny_package, layout, request
     ONNX Runtime on the shared package (so a per-layer engine is checked against the other layout)."""
     import numpy as np
 
-    from engines.tensorrt import validation
+    from edgescribe.engines.tensorrt import validation
 
     engine_dir, fake = request.getfixturevalue(layout)
     package = request.getfixturevalue("tiny_per_layer_package") if layout == "built_per_layer" else tiny_package
@@ -218,8 +218,8 @@ def test_tensorrt_runner_decodes_like_onnx_runtime(tiny_package, layout, request
 
 @pytest.mark.skipif(_importable("tensorrt"), reason="checks the machine without TensorRT")
 def test_transcribe_with_backend_tensorrt_here_is_one_error_line(tiny_package, tmp_path, monkeypatch, capsys):  # noqa: F811
-    from daemon import cli
-    from engines.tensorrt.validation import REFERENCE_WAV
+    from edgescribe.daemon import cli
+    from edgescribe.engines.tensorrt.validation import REFERENCE_WAV
 
     monkeypatch.setattr(cli, "COMMANDS", {"transcribe": cli.COMMANDS["transcribe"]})
     code = cli.main(["transcribe", "--model", str(tiny_package.dir), "--backend", "tensorrt",

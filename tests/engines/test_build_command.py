@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon import cli
+from edgescribe.daemon import cli
 from tests.conftest import REPO
 from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 
@@ -17,7 +17,7 @@ UNIT = REPO / "systemd" / "edgescribe-engines.service"
 
 @pytest.fixture
 def main(monkeypatch):
-    """daemon.cli.main with only this subcommand registered (others may not be importable yet)."""
+    """edgescribe.daemon.cli.main with only this subcommand registered (others may not be importable yet)."""
     monkeypatch.setattr(cli, "COMMANDS", {"build-engines": cli.COMMANDS["build-engines"]})
     return cli.main
 
@@ -104,7 +104,7 @@ def test_invalid_config_is_reported_by_the_loader(main, capsys, tmp_path):
 def _settings_for(*argv: str):
     import argparse
 
-    from engines.tensorrt.build_command import _settings, add_arguments
+    from edgescribe.engines.tensorrt.build_command import _settings, add_arguments
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)

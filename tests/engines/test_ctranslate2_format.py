@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.ctranslate2_format import read_ctranslate2, read_model_bin
-from engines.errors import ModelSourceError
-from engines.sources import resolve_builtin
+from edgescribe.engines.ctranslate2_format import read_ctranslate2, read_model_bin
+from edgescribe.engines.errors import ModelSourceError
+from edgescribe.engines.sources import resolve_builtin
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_not_a_ctranslate2_file(tmp_path):
 
 
 def test_missing_variable_is_named(tmp_path, tiny_dir, tiny_variables):
-    from engines.ctranslate2_format import convert_variables
+    from edgescribe.engines.ctranslate2_format import convert_variables
 
     _, variables = tiny_variables
     partial = {name: value for name, value in variables.items() if not name.startswith("encoder/layer_norm/")}

@@ -7,9 +7,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from engines.audio import load_audio, pad_or_trim
-from engines.decoding import DecodingOptions, compression_ratio, decode, split_at_timestamps
-from engines.scoring import english_normalize
+from edgescribe.engines.audio import load_audio, pad_or_trim
+from edgescribe.engines.decoding import DecodingOptions, compression_ratio, decode, split_at_timestamps
+from edgescribe.engines.scoring import english_normalize
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 from tests.fixtures.whisper_models import base_model, tiny_en_model  # noqa: F401  (fixtures)
 

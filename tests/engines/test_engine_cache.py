@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from engines.tensorrt import engine_cache
-from engines.tensorrt.engine_cache import (
+from edgescribe.engines.tensorrt import engine_cache
+from edgescribe.engines.tensorrt.engine_cache import (
     DEVICE_AND_MODEL_FIELDS,
     EngineCache,
     EngineKey,

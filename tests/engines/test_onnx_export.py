@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from engines.onnx_export import CACHE_INPUTS, layer_input
-from engines.sources import resolve_builtin
-from engines.weights import load_weights
+from edgescribe.engines.onnx_export import CACHE_INPUTS, layer_input
+from edgescribe.engines.sources import resolve_builtin
+from edgescribe.engines.weights import load_weights
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 
 
@@ -26,7 +26,7 @@ def _session(path: Path, optimized_to: Path | None = None) -> ort.InferenceSessi
 def _mel(path: Path, n_mels: int = 80) -> np.ndarray:
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from engines.audio import load_audio
+    from edgescribe.engines.audio import load_audio
 
     mel = FeatureExtractor(feature_size=n_mels)(load_audio(path), padding=480000)[:, :3000]
     return mel[None].astype(np.float32)
@@ -270,7 +270,7 @@ def test_int8_graphs_agree_with_float(tiny_en_package, corpus):
 
 def test_per_layer_inputs_variant_equals_stacked(tiny_en_package, corpus):
     """Both decoder layouts compute the same logits and new rows from the same cache and cross K/V."""
-    from engines import onnx_export
+    from edgescribe.engines import onnx_export
 
     weights = load_weights("tiny.en")
     options = ort.SessionOptions()
@@ -296,7 +296,7 @@ def test_per_layer_inputs_variant_equals_stacked(tiny_en_package, corpus):
 def test_write_package_records_the_decoder_layout_in_the_manifest(tmp_path):
     import json
 
-    from engines.package import ModelPackage, write_package
+    from edgescribe.engines.package import ModelPackage, write_package
 
     written = write_package(load_weights("tiny.en"), tmp_path / "tiny.en", layer_inputs=True)
     assert json.loads((tmp_path / "tiny.en" / "manifest.json").read_text())["decoder_inputs"] == "per_layer"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engines.audio import load_audio, log_mel, pad_or_trim
-from engines.onnx_runner import OnnxRunner
+from edgescribe.engines.audio import load_audio, log_mel, pad_or_trim
+from edgescribe.engines.onnx_runner import OnnxRunner
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 
 
@@ -72,8 +72,8 @@ def test_context_overflow_is_refused(runner, cross_pair, tiny_en_package):
 
 def test_stacked_and_per_layer_decoder_inputs_agree(cross_pair, tmp_path):
     """Both decoder input layouts (stacked caches, one input per layer) give the same logits and cache."""
-    from engines.package import write_package
-    from engines.weights import load_weights
+    from edgescribe.engines.package import write_package
+    from edgescribe.engines.weights import load_weights
 
     weights = load_weights("tiny.en")
     runners = [OnnxRunner(write_package(weights, tmp_path / layout, layer_inputs=layout == "per_layer"),

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.errors import ModelPackageError
-from engines.package import ModelPackage, mel_filter_bank, write_package
-from engines.weights import load_weights
+from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.package import ModelPackage, mel_filter_bank, write_package
+from edgescribe.engines.weights import load_weights
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 
 
@@ -157,7 +157,7 @@ def test_export_refuses_to_replace_a_directory_that_is_not_a_package(tmp_path):
 
 
 def test_failed_export_leaves_the_old_package(tmp_path, monkeypatch):
-    from engines import onnx_export
+    from edgescribe.engines import onnx_export
 
     weights = load_weights("tiny.en")
     target = tmp_path / "tiny.en"
@@ -179,8 +179,8 @@ def test_failed_export_leaves_the_old_package(tmp_path, monkeypatch):
 
 @pytest.fixture
 def export_cli(monkeypatch):
-    """daemon.cli.main with only the export subcommand registered (other commands are other modules)."""
-    from daemon import cli
+    """edgescribe.daemon.cli.main with only the export subcommand registered (other commands are other modules)."""
+    from edgescribe.daemon import cli
 
     monkeypatch.setitem(cli.__dict__, "COMMANDS", {"export": cli.COMMANDS["export"]})
     return cli.main
@@ -203,7 +203,7 @@ def test_cli_bad_source_is_one_line(export_cli, tmp_path, capsys):
 
 
 def test_cli_corrupt_model_bin_is_one_line(export_cli, tmp_path, capsys):
-    from engines.sources import resolve_builtin
+    from edgescribe.engines.sources import resolve_builtin
 
     source = tmp_path / "ct2"
     source.mkdir()

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.scoring import (
+from edgescribe.engines.scoring import (
     ErrorCounts,
     basic_normalize,
     cer,

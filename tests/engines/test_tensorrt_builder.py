@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from engines.tensorrt.build_command import build_engines
-from engines.tensorrt.builder import FP32_LAYER_TYPES, HALF_IO, BuildOptions, Ticker, profiles, recipe
-from engines.tensorrt.engine_cache import EngineBuildError, EngineCache
-from engines.tensorrt.runner import TensorRTRunner, cache_copies
+from edgescribe.engines.tensorrt.build_command import build_engines
+from edgescribe.engines.tensorrt.builder import FP32_LAYER_TYPES, HALF_IO, BuildOptions, Ticker, profiles, recipe
+from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
+from edgescribe.engines.tensorrt.runner import TensorRTRunner, cache_copies
 from tests.fixtures.fake_tensorrt import FakeTensorRT, tiny_per_layer_package  # noqa: F401 (fixture)
 from tests.fixtures.model_package import onnx_sessions, tiny_package  # noqa: F401 (fixtures)
 
@@ -98,7 +98,7 @@ def test_cache_copies_place_each_row_at_its_own_offset(offsets):
 
 
 def test_ticker_logs_progress_from_its_thread_and_stops(caplog):
-    caplog.set_level(logging.INFO, logger="engines.tensorrt.builder")
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.tensorrt.builder")
     with Ticker("decoder engine (fp16)", interval=0.05):
         time.sleep(0.3)
     ticks = [r.getMessage() for r in caplog.records if r.getMessage().startswith("still building decoder engine (fp16)")]

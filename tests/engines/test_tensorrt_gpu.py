@@ -12,7 +12,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from engines.errors import BackendUnavailableError
+from edgescribe.engines.errors import BackendUnavailableError
 from tests.fixtures.fake_tensorrt import tiny_per_layer_package  # noqa: F401 (fixture)
 from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 
@@ -22,7 +22,7 @@ REASON = "needs TensorRT 10 and a CUDA GPU (Jetson Orin); run scripts/verify-jet
 def _gpu_available() -> bool:
     if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
         return False
-    from engines.tensorrt import seam
+    from edgescribe.engines.tensorrt import seam
 
     try:
         seam.load()
@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_available(), reason=R
 
 @pytest.fixture(scope="module")
 def trt():
-    from engines.tensorrt import seam
+    from edgescribe.engines.tensorrt import seam
 
     return seam.load()
 
@@ -47,7 +47,7 @@ def engine_dir(tmp_path_factory):
 
 
 def test_device_facts_come_from_the_gpu(trt):
-    from engines.tensorrt.platform import device_facts
+    from edgescribe.engines.tensorrt.platform import device_facts
 
     facts = device_facts(trt)
     assert facts.tensorrt_version.startswith("10.")
@@ -55,8 +55,8 @@ def test_device_facts_come_from_the_gpu(trt):
 
 
 def test_fp16_build_validates_then_is_a_no_op(trt, tiny_package, engine_dir):  # noqa: F811
-    from engines.tensorrt.build_command import build_engines
-    from engines.tensorrt.builder import BuildOptions
+    from edgescribe.engines.tensorrt.build_command import build_engines
+    from edgescribe.engines.tensorrt.builder import BuildOptions
 
     options = BuildOptions(precision="fp16", max_batch=2, max_prompt_tokens=64, workspace_mb=512)
     assert build_engines(tiny_package, engine_dir, options, trt, threads=2) is True
@@ -64,9 +64,9 @@ def test_fp16_build_validates_then_is_a_no_op(trt, tiny_package, engine_dir):  #
 
 
 def test_runner_matches_onnx_runtime_with_rows_at_different_offsets(trt, tiny_package, engine_dir):  # noqa: F811
-    from engines.backend import create_runner
-    from engines.onnx_runner import OnnxRunner
-    from engines.tensorrt import validation
+    from edgescribe.engines.backend import create_runner
+    from edgescribe.engines.onnx_runner import OnnxRunner
+    from edgescribe.engines.tensorrt import validation
 
     runner = create_runner(tiny_package, "tensorrt", engine_dir=engine_dir)
     reference = OnnxRunner(tiny_package, threads=2, prefer_int8=False)
@@ -86,9 +86,9 @@ def test_runner_matches_onnx_runtime_with_rows_at_different_offsets(trt, tiny_pa
 
 
 def test_fp32_build_meets_fp32_tolerances(trt, tiny_package, tmp_path):  # noqa: F811
-    from engines.tensorrt.build_command import build_engines
-    from engines.tensorrt.builder import BuildOptions
-    from engines.tensorrt.engine_cache import EngineCache
+    from edgescribe.engines.tensorrt.build_command import build_engines
+    from edgescribe.engines.tensorrt.builder import BuildOptions
+    from edgescribe.engines.tensorrt.engine_cache import EngineCache
 
     build_engines(tiny_package, tmp_path, BuildOptions(precision="fp32", max_batch=1, max_prompt_tokens=32), trt, threads=2)
     assert EngineCache(tmp_path, tiny_package.dir.name).status({}).ok
@@ -98,12 +98,12 @@ def test_per_layer_engines_bound_at_layer_offsets_match_the_stacked_reference(
     trt, tiny_package, tiny_per_layer_package, tmp_path  # noqa: F811
 ):
     """Per-layer decoder inputs bound at offsets into one device buffer, against ONNX Runtime."""
-    from engines.onnx_runner import OnnxRunner
-    from engines.tensorrt import validation
-    from engines.tensorrt.build_command import build_engines
-    from engines.tensorrt.builder import BuildOptions
-    from engines.tensorrt.engine_cache import EngineCache
-    from engines.tensorrt.runner import TensorRTRunner
+    from edgescribe.engines.onnx_runner import OnnxRunner
+    from edgescribe.engines.tensorrt import validation
+    from edgescribe.engines.tensorrt.build_command import build_engines
+    from edgescribe.engines.tensorrt.builder import BuildOptions
+    from edgescribe.engines.tensorrt.engine_cache import EngineCache
+    from edgescribe.engines.tensorrt.runner import TensorRTRunner
 
     build_engines(tiny_per_layer_package, tmp_path, BuildOptions(max_batch=2, max_prompt_tokens=32), trt, threads=2)
     with trt.gpu.active():

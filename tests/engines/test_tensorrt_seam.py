@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.errors import BackendUnavailableError
-from engines.tensorrt import seam
-from engines.tensorrt.builder import FP32_LAYER_TYPES, BuildOptions, recipe
-from engines.weights import ModelDims
+from edgescribe.engines.errors import BackendUnavailableError
+from edgescribe.engines.tensorrt import seam
+from edgescribe.engines.tensorrt.builder import FP32_LAYER_TYPES, BuildOptions, recipe
+from edgescribe.engines.weights import ModelDims
 from tests.fixtures.tensorrt_api import (
     VERSION,
     ApiChecker,
@@ -215,7 +215,7 @@ def test_fp32_build_sets_no_precision_flags_and_touches_no_layer(api_checker, re
 )
 def test_a_saved_timing_cache_is_used_only_when_tensorrt_accepts_it(api_checker, real, caplog,  # noqa: F811
                                                                     saved_cache, created, attached, warning):
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt.seam"):
+    with caplog.at_level(logging.WARNING, logger="edgescribe.engines.tensorrt.seam"):
         _, builder, built = build(api_checker, real, timing_cache=b"saved", saved_cache=saved_cache)
     config = builder.config
     assert config.caches_created == created
@@ -229,7 +229,7 @@ def test_a_saved_timing_cache_is_used_only_when_tensorrt_accepts_it(api_checker,
 
 
 def test_no_saved_timing_cache_starts_a_fresh_one_quietly(api_checker, real, caplog):  # noqa: F811
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt.seam"):
+    with caplog.at_level(logging.WARNING, logger="edgescribe.engines.tensorrt.seam"):
         _, builder, built = build(api_checker, real, timing_cache=None)
     assert builder.config.caches_created == [b""]
     assert builder.config.caches_set == [(b"", False)]
@@ -337,7 +337,7 @@ def test_tensorrts_log_is_routed_by_severity(api_checker, real, caplog):  # noqa
     assert isinstance(logger, real.ILogger)  # what Builder(logger) and Runtime(logger) accept
     api_checker.check_call(real.Builder, "__init__", (logger,), {})
     severity = real.ILogger.Severity
-    with caplog.at_level(logging.DEBUG, logger="engines.tensorrt.seam"):
+    with caplog.at_level(logging.DEBUG, logger="edgescribe.engines.tensorrt.seam"):
         for member in (severity.INTERNAL_ERROR, severity.ERROR, severity.WARNING, severity.INFO, severity.VERBOSE):
             logger.log(member, member.name.lower())  # positionally, as TensorRT calls it
     assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
@@ -350,7 +350,7 @@ def test_tensorrts_log_is_routed_by_severity(api_checker, real, caplog):  # noqa
 
 
 def test_the_real_version_passes_the_check_quietly_and_others_do_not(real, caplog):
-    with caplog.at_level(logging.WARNING, logger="engines.tensorrt.seam"):
+    with caplog.at_level(logging.WARNING, logger="edgescribe.engines.tensorrt.seam"):
         seam.check_version(real.__version__)
         assert caplog.records == []
         seam.check_version("10.7.0")

@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from engines.onnx_runner import CrossKV, OnnxRunner
-from engines.tensorrt import validation
-from engines.tensorrt.validation import TOLERANCES, Capture, Tolerance, compare, relative_error, top1_agreement
-from engines.weights import file_sha256
+from edgescribe.engines.onnx_runner import CrossKV, OnnxRunner
+from edgescribe.engines.tensorrt import validation
+from edgescribe.engines.tensorrt.validation import TOLERANCES, Capture, Tolerance, compare, relative_error, top1_agreement
+from edgescribe.engines.weights import file_sha256
 from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 
 
@@ -121,8 +121,8 @@ def int8_package(tiny_package, tmp_path_factory):  # noqa: F811
     """tiny.en plus int8 graphs quantised here (the shipped test package is float32 only)."""
     import onnx
 
-    from engines.onnx_export import quantize_int8
-    from engines.package import ModelPackage
+    from edgescribe.engines.onnx_export import quantize_int8
+    from edgescribe.engines.package import ModelPackage
 
     if tiny_package.has_int8():
         yield tiny_package

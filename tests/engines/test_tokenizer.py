@@ -6,7 +6,7 @@ import pytest
 import tokenizers
 from faster_whisper.tokenizer import Tokenizer as ReferenceTokenizer
 
-from engines.tokenizer import WhisperTokenizer
+from edgescribe.engines.tokenizer import WhisperTokenizer
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 
 

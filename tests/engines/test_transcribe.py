@@ -9,11 +9,11 @@ import struct
 import numpy as np
 import pytest
 
-from engines import transcribe_command
-from engines.audio import load_audio
-from engines.errors import AudioInputError, EdgescribeError, ModelPackageError
-from engines.scoring import read_transcripts, wer
-from engines.transcribe import Segment, TranscribeOptions, transcribe
+from edgescribe.engines import transcribe_command
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.errors import AudioInputError, EdgescribeError, ModelPackageError
+from edgescribe.engines.scoring import read_transcripts, wer
+from edgescribe.engines.transcribe import Segment, TranscribeOptions, transcribe
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 from tests.fixtures.whisper_models import base_model, tiny_en_model  # noqa: F401  (fixtures)
 
@@ -130,7 +130,7 @@ def test_edgescribe_transcribe_end_to_end(tiny_en_package, corpus, tmp_path):
 
     from tests.conftest import REPO
 
-    command = [sys.executable, "-m", "daemon.cli", "transcribe", "--model", str(tiny_en_package.dir), "--threads", "2"]
+    command = [sys.executable, "-m", "edgescribe.daemon.cli", "transcribe", "--model", str(tiny_en_package.dir), "--threads", "2"]
     done = subprocess.run([*command, str(corpus / "en" / "jfk_inaugural_1961.wav")],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert done.returncode == 0 and "ask not what your country can do for you" in done.stdout.lower()

@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from engines import onnx_export
-from engines.errors import ModelSourceError
-from engines.transformers_format import hf_to_openai, openai_to_hf, read_safetensors, write_transformers
-from engines.weights import expected_tensor_names, load_weights
+from edgescribe.engines import onnx_export
+from edgescribe.engines.errors import ModelSourceError
+from edgescribe.engines.transformers_format import hf_to_openai, openai_to_hf, read_safetensors, write_transformers
+from edgescribe.engines.weights import expected_tensor_names, load_weights
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,7 @@ def test_round_trip_keeps_every_tensor(hf_dir, tiny_weights):
 def test_graphs_from_either_format_agree(hf_dir, tiny_weights, corpus):
     from faster_whisper.feature_extractor import FeatureExtractor
 
-    from engines.audio import load_audio
+    from edgescribe.engines.audio import load_audio
 
     audio = load_audio(corpus / "en" / "arctic_aew_a0001.wav")
     mel = FeatureExtractor(feature_size=80)(audio, padding=480000)[None, :, :3000].astype(np.float32)

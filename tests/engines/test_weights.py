@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from engines.errors import ModelSourceError
-from engines.sources import resolve_builtin, weights_cache_dir
-from engines.weights import ModelDims, check_complete, expected_tensor_names, load_weights
+from edgescribe.engines.errors import ModelSourceError
+from edgescribe.engines.sources import resolve_builtin, weights_cache_dir
+from edgescribe.engines.weights import ModelDims, check_complete, expected_tensor_names, load_weights
 
 
 def test_builtin_tiny_en():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from engines.errors import ConfigError
+from edgescribe.engines.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 UNITS = REPO / "systemd"
@@ -128,7 +128,7 @@ session = ort.InferenceSession(model.SerializeToString(), options, providers=["C
 out = session.run(None, {"a": np.eye(4, dtype=np.float32), "b": np.ones((4, 4), np.float32)})[0]
 assert out.sum() == 16
 assert ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(lambda x: x + 1)(41) == 42
-from daemon.config import load_config
+from edgescribe.daemon.config import load_config
 """
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     if result.returncode == 77:
