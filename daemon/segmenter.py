@@ -1,13 +1,14 @@
 """Speech segmentation: a stream of ``AudioBlock``s -> ``Utterance`` updates, one stream each.
 
 The voice detector scores 32-ms frames. An utterance opens when a frame reaches
-``threshold`` (with ``pre_roll_s`` of the audio before it, so soft onsets survive) and
-closes after ``min_silence_s`` of frames below ``off_threshold``; the gap between the two
-thresholds keeps a soft syllable from ending it. While speech goes on, the utterance so far
-is handed out every ``update_interval_s`` of audio for partial transcripts (the daemon
-passes ``transcription.partial_interval_s``, or None when partials are off: the pace is
-the consumer's, so it is not a segmenter setting); the last update has ``ended=True``. A
-pause in speech (``PAUSE_AFTER_S`` of non-speech) also sends an update, flagged ``pause``,
+``vad.threshold`` (with ``pre_roll_s`` of the audio before it, so soft onsets survive) and
+closes after ``min_silence_s`` of frames below ``vad.off_threshold``; the gap between the
+two thresholds keeps a soft syllable from ending it (the thresholds are the vad section's:
+they interpret the scores of the detector configured there). While speech goes on, the
+utterance so far is handed out every ``update_interval_s`` of audio for partial
+transcripts (the daemon passes ``transcription.partial_interval_s``, or None when partials
+are off: the pace is the consumer's, so it is not a segmenter setting); the last update
+has ``ended=True``. A pause in speech (``PAUSE_AFTER_S`` of non-speech) also sends an update, flagged ``pause``,
 whatever the interval: the end of the utterance is likely ``min_silence_s`` away, and a
 consumer can start its final decode now instead of then. Bursts with less than
 ``min_speech_s`` of speech (door slams, clicks) are never handed out at all: this is the
@@ -25,10 +26,11 @@ from typing import Optional
 
 import numpy as np
 
-from edgescribe.daemon.config.audio import SegmenterOptions
+from edgescribe.daemon.config.audio import SegmenterOptions, VadOptions
 from edgescribe.daemon.config.transcription import DEFAULT_PARTIAL_INTERVAL_S
-from edgescribe.daemon.ring_buffer import SAMPLE_RATE, AudioBlock
+from edgescribe.daemon.ring_buffer import AudioBlock
 from edgescribe.daemon.vad import FRAME_SAMPLES, VoiceDetector
+from edgescribe.engines.audio import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +106,13 @@ class Segmenter:
         options: SegmenterOptions,
         vad: VoiceDetector,
         update_interval_s: Optional[float] = DEFAULT_PARTIAL_INTERVAL_S,
+        thresholds: VadOptions = VadOptions(),
     ):
         self.stream = stream
         self.options = options
         self.vad = vad
+        self.threshold = thresholds.threshold
+        self.off_threshold = thresholds.off_threshold
         # None: no periodic updates, only pauses and ends
         self.update_interval_s = update_interval_s
         self._counter = 0
@@ -157,7 +162,7 @@ class Segmenter:
         o = self.options
         current = self._open
         if current is None:
-            if prob >= o.threshold:
+            if prob >= self.threshold:
                 pre = list(self._pre_roll)
                 start = audio_time - len(pre) * _FRAME_S
                 self._open = _Open(start, wall_time - len(pre) * _FRAME_S, pre + [frame], _FRAME_S)
@@ -168,7 +173,7 @@ class Segmenter:
 
         current.append(frame)
         pause = False
-        if prob >= o.off_threshold:
+        if prob >= self.off_threshold:
             current.speech_s += _FRAME_S
             current.silence_s = 0.0
             current.speech_end = current.n_samples

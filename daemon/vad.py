@@ -3,7 +3,9 @@
 Two detectors behind one protocol: Silero VAD (a small recurrent ONNX model, the default,
 robust to the steady machine noise of a factory floor) and an energy detector with an
 adaptive noise floor (no model, for quiet rooms or as a fallback). Both are streaming:
-they keep state between frames, so one detector serves exactly one stream.
+they keep state between frames, so one detector serves exactly one stream. Which scores
+count as speech (``vad.threshold``, ``vad.off_threshold``) is configured with the detector
+and applied by the segmenter.
 """
 
 from __future__ import annotations
@@ -16,11 +18,11 @@ from typing import Optional, Protocol
 import numpy as np
 
 from edgescribe.daemon.config.audio import VadOptions
+from edgescribe.engines.audio import SAMPLE_RATE
 from edgescribe.engines.errors import BackendUnavailableError, ModelSourceError
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 FRAME_SAMPLES = 512  # what Silero VAD is trained on at 16 kHz (32 ms)
 BUNDLED_MODEL = Path(__file__).resolve().parent / "models" / "silero_vad.onnx"
 

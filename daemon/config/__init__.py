@@ -1,34 +1,44 @@
-"""The whole configuration: one YAML file, one dataclass per section.
+"""The whole configuration: one YAML file, one frozen pydantic model per section.
 
-``Config`` below is the one place that lists the sections. To add one, declare its
-dataclass in ``daemon/config/<section>.py`` (see ``schema.py``), add one field here, and
-regenerate the reference: ``python -m edgescribe.daemon.config.reference --write``.
+``Config`` below is the one place that lists the sections. To add one, declare its model
+in ``daemon/config/<section>.py`` (see ``schema.py``), add one field here, and regenerate
+the reference: ``python -m edgescribe.daemon.config.reference --write``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
-from typing import ClassVar
+import re
+from typing import Callable, ClassVar
 
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
 from edgescribe.daemon.config.engine import EngineConfig
-from edgescribe.daemon.config.loader import InvalidConfig, load_file
+from edgescribe.daemon.config.errors import InvalidConfig
+from edgescribe.daemon.config.host import Host
+from edgescribe.daemon.config.loader import load_file
 from edgescribe.daemon.config.models import ModelsConfig
 from edgescribe.daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig, PrometheusConfig
-from edgescribe.daemon.config.schema import setting
-from edgescribe.daemon.config.service import DEVICE_ID_PATTERN, DEVICE_ID_TEXT, LoggingConfig, ServiceConfig
+from edgescribe.daemon.config.schema import Section, setting
+from edgescribe.daemon.config.service import LoggingConfig, ServiceConfig
+from edgescribe.daemon.config.topics import DEVICE_ID_PATTERN, DEVICE_ID_TEXT
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 
 DEFAULT_PATH = "/etc/edgescribe/config.yaml"
+
+log = logging.getLogger(__name__)
 
 
 def _default_streams() -> list[StreamConfig]:
     return [StreamConfig(name="mic1", device="default")]
 
 
-@dataclass(frozen=True)
-class Config:
+def _same_pcm(device: str) -> str:
+    """One spelling per ALSA device: plughw:1,0 opens the same hardware as hw:1,0."""
+    return re.sub(r"^plughw:", "hw:", device.replace(" ", ""))
+
+
+class Config(Section):
     device_id: str = setting(
         help="Names this device in every MQTT topic and in Home Assistant; unique per site. "
         "The installer sets it from the host name.",
@@ -43,7 +53,9 @@ class Config:
         help="One entry per microphone (or WAV file). All streams are transcribed together in one batch.",
     )
     capture: CaptureOptions = setting(default_factory=CaptureOptions, help="How audio is read from devices.")
-    vad: VadOptions = setting(default_factory=VadOptions, help="Voice activity detection: what counts as speech.")
+    vad: VadOptions = setting(
+        default_factory=VadOptions, help="Voice activity detection: the detector, and which of its scores count as speech."
+    )
     segmenter: SegmenterOptions = setting(
         default_factory=SegmenterOptions, help="How speech is cut into utterances for the transcriber."
     )
@@ -71,6 +83,13 @@ class Config:
         "transcription.min_speech_s": "segmenter.min_speech_s",
         # the segmenter's update pace and the partial pace were one setting in two places
         "segmenter.update_interval_s": "transcription.partial_interval_s",
+        # partials were switched in two places; off now means not even decoded
+        "mqtt.publish_partials": "transcription.partials",
+        # the thresholds interpret the detector's scores, so they sit with the detector
+        "segmenter.threshold": "vad.threshold",
+        "segmenter.off_threshold": "vad.off_threshold",
+        # read by nothing; the engines are the only files edgescribe keeps as cache
+        "service.cache_dir": "engine.engine_dir",
     }
 
     def problems(self) -> list[tuple[str, str]]:
@@ -78,18 +97,32 @@ class Config:
         if not self.streams:
             found.append(("streams", "needs at least one stream (a device or a file)"))
         # Stream names are MQTT topic levels: two streams with one name would publish as one.
-        first_index: dict[str, int] = {}
-        for index, stream in enumerate(self.streams):
-            if stream.name in first_index:
-                earlier = f"streams[{first_index[stream.name]}]"
-                found.append((f"streams[{index}].name", f"{stream.name!r} is already the name of {earlier}; names must be unique"))
-            first_index.setdefault(stream.name, index)
+        # A capture device opens once: the second stream on it would fail as busy.
+        for key, value_of in (("name", lambda s: s.name), ("device", lambda s: _same_pcm(s.device) if s.device else None)):
+            first_index: dict[str, int] = {}
+            for index, stream in enumerate(self.streams):
+                value = value_of(stream)
+                if value is None:
+                    continue
+                if value in first_index:
+                    earlier = f"streams[{first_index[value]}]"
+                    found.append((f"streams[{index}].{key}",
+                                  f"{getattr(stream, key)!r} is already the {key} of {earlier}; each stream needs its own"))
+                first_index.setdefault(value, index)
         return found
 
 
-def load_config(path: str | os.PathLike = DEFAULT_PATH) -> Config:
-    """The validated configuration in ``path``; raises ``InvalidConfig`` (exit status 2) listing every problem."""
-    return load_file(path, Config)
+def load_config(
+    path: str | os.PathLike = DEFAULT_PATH,
+    *,
+    check_host: bool = True,
+    warn: Callable[[str], None] = log.warning,
+) -> Config:
+    """The validated configuration in ``path``; raises ``InvalidConfig`` (exit status 2) listing
+    every problem. check-config and run load it this way, so they agree. ``check_host``
+    also checks the files it names on this machine (tools that only read a value, before
+    those files exist, turn it off). Warnings (one line each) go to ``warn``."""
+    return load_file(path, Config, host=Host() if check_host else None, warn=warn)
 
 
-__all__ = ["Config", "DEFAULT_PATH", "InvalidConfig", "load_config"]
+__all__ = ["Config", "DEFAULT_PATH", "Host", "InvalidConfig", "Section", "load_config"]

@@ -1,25 +1,28 @@
 """Configuration sections: streams, capture, vad, segmenter (the audio side of the pipeline).
 
-Consumed by daemon/capture.py (streams, capture), daemon/vad.py (vad) and
-daemon/segmenter.py (segmenter). See schema.py for how a setting is declared.
+Consumed by daemon/capture.py (streams, capture), daemon/vad.py (vad: the detector and the
+speech thresholds that interpret its scores) and daemon/segmenter.py (segmenter). See
+schema.py for how a setting is declared.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import typing
 from typing import Literal, Optional
 
-from edgescribe.daemon.config.schema import setting
+from edgescribe.daemon.config.host import Host, unreadable_file
+from edgescribe.daemon.config.schema import Section, setting
+from edgescribe.daemon.config.topics import STREAM_NAME_PATTERN, STREAM_NAME_TEXT
 
-SAMPLE_FORMATS = ("auto", "S16_LE", "S24_LE", "S24_3LE", "S32_LE", "FLOAT_LE")
+SampleFormat = Literal["auto", "S16_LE", "S24_LE", "S24_3LE", "S32_LE", "FLOAT_LE"]
+SAMPLE_FORMATS = typing.get_args(SampleFormat)
 
 
-@dataclass
-class StreamConfig:
+class StreamConfig(Section):
     name: str = setting(
         help="Names the stream in transcript topics (<prefix>/<device_id>/<name>/...); unique per device.",
-        pattern=r"[A-Za-z0-9_-]{1,64}",
-        pattern_text="1-64 letters, digits, '_' or '-'",
+        pattern=STREAM_NAME_PATTERN,
+        pattern_text=STREAM_NAME_TEXT,
         example="mic1",
     )
     device: str = setting(
@@ -50,9 +53,7 @@ class StreamConfig:
         min=0,
         max=32,
     )
-    format: str = setting(
-        "auto", "Sample format to open the device with; auto tries S16_LE first.", choices=SAMPLE_FORMATS
-    )
+    format: SampleFormat = setting("auto", "Sample format to open the device with; auto tries S16_LE first.")
     speed: float = setting(1.0, "For file: playback speed relative to real time (2.0 = twice as fast).",
                            min=0.01, max=1000.0)
     loop: bool = setting(False, "For file: start again at the end instead of ending the stream.")
@@ -62,9 +63,12 @@ class StreamConfig:
             return [("device", "set exactly one of device (an ALSA PCM) or file (a WAV file)")]
         return []
 
+    def host_problems(self, host: Host) -> list[tuple[str, str]]:
+        problem = unreadable_file(self.file) if self.file else None
+        return [("file", problem)] if problem else []
 
-@dataclass
-class CaptureOptions:
+
+class CaptureOptions(Section):
     period_s: float = setting(
         0.1,
         "Audio read from the device at a time. Shorter lowers latency a little and costs CPU.",
@@ -97,13 +101,11 @@ class CaptureOptions:
         return []
 
 
-@dataclass
-class VadOptions:
+class VadOptions(Section):
     engine: Literal["silero", "energy"] = setting(
         "silero",
         "silero: neural voice activity detection (bundled ONNX model, robust to machine noise). "
         "energy: loudness above an adaptive noise floor (no model; only for quiet rooms).",
-        choices=("silero", "energy"),
     )
     model_path: Optional[str] = setting(
         None, "Silero VAD ONNX file; empty uses the model shipped with edgescribe.",
@@ -113,10 +115,6 @@ class VadOptions:
         10.0, "energy engine: how far above the noise floor a frame must be to count as speech.",
         min=1.0, max=60.0, unit="dB",
     )
-
-
-@dataclass
-class SegmenterOptions:
     threshold: float = setting(
         0.5, "Speech probability at which an utterance starts.", min=0.01, max=0.99
     )
@@ -127,6 +125,18 @@ class SegmenterOptions:
         min=0.0,
         max=0.99,
     )
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.off_threshold > self.threshold:
+            return [("off_threshold", "must not be above threshold")]
+        return []
+
+    def host_problems(self, host: Host) -> list[tuple[str, str]]:
+        problem = unreadable_file(self.model_path) if self.model_path else None
+        return [("model_path", problem)] if problem else []
+
+
+class SegmenterOptions(Section):
     min_silence_s: float = setting(
         0.25,
         "Silence that ends an utterance. A final transcript comes this long (plus ~0.1 s for the "
@@ -165,8 +175,6 @@ class SegmenterOptions:
 
     def problems(self) -> list[tuple[str, str]]:
         found = []
-        if self.off_threshold > self.threshold:
-            found.append(("off_threshold", "must not be above threshold"))
         if self.cut_search_s >= self.max_utterance_s:
             found.append(("cut_search_s", "must be shorter than max_utterance_s"))
         return found

@@ -1,13 +1,20 @@
 """``edgescribe check-config FILE``: validate a configuration without starting anything.
 
 Prints one line per problem (``file:line: key: got ...; expected ...``) on stderr and exits
-with status 2, or prints a short summary and exits 0. Imports nothing heavy.
+with status 2, or prints a short summary and exits 0; warnings are ``file:line: key:
+warning: ...`` lines on stderr either way. It validates exactly as ``edgescribe run`` does
+(same loader, same checks of the files the configuration names) and imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+
+import yaml
+
+from edgescribe.daemon.config import InvalidConfig, load_config
+from edgescribe.daemon.config.reference import plain
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,13 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from edgescribe.daemon.config import InvalidConfig, load_config
-    from edgescribe.daemon.config.reference import plain
-
     try:
-        config = load_config(args.file)
+        config = load_config(args.file, warn=lambda line: print(line, file=sys.stderr))
     except InvalidConfig as error:
         for line in error.lines():
             print(line, file=sys.stderr)

@@ -2,37 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edgescribe.daemon.config.schema import setting
+from edgescribe.daemon.config.schema import Section, setting
 
 # One place for the defaults that `edgescribe build-engines` and the daemon share, so the
 # engines the install-time unit builds are the ones the daemon looks for.
-DEFAULT_ENGINE_DIR = Path("/var/cache/edgescribe/engines")  # rebuilt when stale, so cache
+# Under the CacheDirectory= systemd creates: engines are rebuilt when stale, so they are cache.
+DEFAULT_ENGINE_DIR = Path("/var/cache/edgescribe/engines")
 DEFAULT_MAX_BATCH = 4
 DEFAULT_MAX_PROMPT_TOKENS = 224
 DEFAULT_WORKSPACE_MB = 1024
 
 
-@dataclass
-class EngineConfig:
+class EngineConfig(Section):
     backend: Literal["auto", "tensorrt", "onnxruntime"] = setting(
         "auto",
         "Inference backend. auto uses TensorRT when engines built for this device are in engine_dir, "
         "otherwise ONNX Runtime on the CPU.",
-        choices=("auto", "tensorrt", "onnxruntime"),
     )
     engine_dir: Path = setting(
         DEFAULT_ENGINE_DIR,
-        "Where `edgescribe build-engines` writes TensorRT engines, their timing cache and sidecars.",
+        "Where `edgescribe build-engines` writes TensorRT engines, their timing cache and sidecars: the "
+        "one cache directory edgescribe uses. Safe to empty while the service is stopped (the engines "
+        "are rebuilt); the default is under systemd's CacheDirectory=.",
     )
     precision: Literal["fp16", "fp32"] = setting(
         "fp16",
         "TensorRT engine precision. fp16 keeps LayerNorm and Softmax in fp32 and falls back to fp32 "
         "for a graph that fails validation.",
-        choices=("fp16", "fp32"),
     )
     workspace_mb: int = setting(
         DEFAULT_WORKSPACE_MB,

@@ -2,23 +2,26 @@
 larger one replaces it once loaded).
 
 Consumed by daemon/scheduler.py (what the daemon loads) and `edgescribe build-engines`
-(engines/tensorrt/build_command.py builds TensorRT engines for every package named here).
+(daemon/build_engines_command.py builds TensorRT engines for every package named here).
 How the packages run is the engine section's job (engine.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from edgescribe.daemon.config.schema import setting
+from edgescribe.daemon.config.host import Host, unreadable_file
+from edgescribe.daemon.config.schema import Section, setting
 
 DEFAULT_PACKAGE_DIR = Path("/var/lib/edgescribe/model")  # whichever model install.sh --model exported
+# The file that makes a directory a model package (engines/package.py writes it last, so it
+# marks a complete export). Not imported from there: that would load NumPy into check-config.
+# tests/daemon/test_config.py holds the two names equal.
+MANIFEST = "manifest.json"
 
 
-@dataclass
-class ModelsConfig:
+class ModelsConfig(Section):
     serving: Path = setting(
         DEFAULT_PACKAGE_DIR,
         "Model package served from start-up: a directory written by `edgescribe export` "
@@ -44,3 +47,11 @@ class ModelsConfig:
             return [("upgrade", f"has the same directory name as serving ({self.serving.name}); TensorRT "
                      "engines are kept per directory name, so give the two packages different names")]
         return []
+
+    def host_problems(self, host: Host) -> list[tuple[str, str]]:
+        found = []
+        for key, package in (("serving", self.serving), ("upgrade", self.upgrade)):
+            if package is not None and unreadable_file(package / MANIFEST):
+                what = "no such directory" if not package.is_dir() else f"not a model package (no readable {MANIFEST})"
+                found.append((key, f"{package}: {what}; write one with: edgescribe export --out {package}"))
+        return found

@@ -2,22 +2,24 @@
 
 The broker password is deliberately not a key: it is read from ``password_file`` or
 from a systemd credential (``LoadCredential=``), so the YAML a technician copies
-around never carries a secret.
+around never carries a secret (secrets.py reads it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
-from edgescribe.daemon.config.schema import setting
+from edgescribe.daemon.config.host import Host, readable_by_everyone, unreadable_file
+from edgescribe.daemon.config.schema import Section, setting
+from edgescribe.daemon.config.secrets import CREDENTIAL_PATTERN, CREDENTIAL_TEXT, password_source, read_first_line
+from edgescribe.daemon.config.topics import host_problem, is_loopback, topic_prefix_problem
 
 
-@dataclass
-class MqttConfig:
+class MqttConfig(Section):
     host: str = setting("localhost", "Broker host name or IP address.", example="broker.factory.lan")
     port: int = setting(1883, "Broker TCP port (usually 1883, or 8883 with TLS).", min=1, max=65535)
-    protocol: str = setting("5", "MQTT protocol version; 5 saves bandwidth (topic aliases), 3.1.1 suits old brokers.",
-                            choices=("3.1.1", "5"))
+    protocol: Literal["3.1.1", "5"] = setting(
+        "5", "MQTT protocol version; 5 saves bandwidth (topic aliases), 3.1.1 suits old brokers.")
     client_id: str = setting("", "MQTT client id; empty means 'edgescribe-<device_id>'.")
     keepalive_s: int = setting(
         30,
@@ -33,8 +35,11 @@ class MqttConfig:
         example="/etc/edgescribe/mqtt-password",
     )
     password_credential: str = setting(
-        "", "Name of a systemd credential (LoadCredential=) holding the password; read from $CREDENTIALS_DIRECTORY.",
+        "", "Name of a systemd credential (LoadCredential=) holding the password; read from $CREDENTIALS_DIRECTORY. "
+        "A plain name, never a path.",
         example="mqtt-password",
+        pattern=f"|{CREDENTIAL_PATTERN}",
+        pattern_text=CREDENTIAL_TEXT,
     )
     tls: bool = setting(False, "Connect with TLS (verifies the broker certificate against tls_ca_file).")
     tls_ca_file: str = setting("", "CA certificate (PEM) the broker certificate must chain to; empty uses the system CAs.")
@@ -43,7 +48,6 @@ class MqttConfig:
     reconnect_min_s: float = setting(1.0, "First delay before reconnecting after a failure.", min=0.05, max=600, unit="s")
     reconnect_max_s: float = setting(60.0, "Longest delay between reconnect attempts (doubling from the minimum).",
                                      min=0.1, max=3600, unit="s")
-    publish_partials: bool = setting(True, "Publish partial (unstable) transcripts, QoS 0, never stored.")
     outbox_max_entries: int = setting(100_000, "Most messages kept while the broker is unreachable; oldest dropped first.",
                                       min=10, max=10_000_000)
     outbox_max_mb: float = setting(64.0, "Most payload bytes kept while the broker is unreachable.", min=0.01, max=100_000,
@@ -66,27 +70,63 @@ class MqttConfig:
             found.append(("tls_key_file", "tls_cert_file and tls_key_file go together"))
         if (self.tls_ca_file or self.tls_cert_file) and not self.tls:
             found.append(("tls", "is false but TLS files are configured; set tls: true"))
-        if any(c in self.topic_prefix for c in "+#") or not self.topic_prefix.strip("/"):
-            found.append(("topic_prefix", "must be non-empty and must not contain '+' or '#'"))
+        for key, problem in (("host", host_problem(self.host)), ("topic_prefix", topic_prefix_problem(self.topic_prefix))):
+            if problem:
+                found.append((key, problem))
+        return found
+
+    def host_problems(self, host: Host) -> list[tuple[str, str]]:
+        found = []
+        for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+            problem = unreadable_file(getattr(self, key)) if getattr(self, key) else None
+            if problem:
+                found.append((key, problem))
+        # without $CREDENTIALS_DIRECTORY (check-config in a shell) a credential cannot be looked at
+        if not (self.password_credential and not host.environ.get("CREDENTIALS_DIRECTORY")):
+            source = password_source(self, host.environ)
+            try:
+                if source is not None:
+                    read_first_line(source[1])
+            except ValueError as error:
+                found.append((source[0].removeprefix("mqtt."), str(error)))
+        if self.password_file and host.under_systemd and readable_by_everyone(self.password_file):
+            found.append(("password_file", self._world_readable()))
+        return found
+
+    def _world_readable(self) -> str:
+        return (f"{self.password_file} can be read by every user of this machine; make it readable by root and "
+                f"the service only: chown root:edgescribe {self.password_file} && chmod 640 {self.password_file}")
+
+    def warnings(self, host: Host) -> list[tuple[str, str]]:
+        found = []
+        if self.password_file and not host.under_systemd and readable_by_everyone(self.password_file):
+            found.append(("password_file", self._world_readable() + " (the service refuses it when systemd runs it)"))
+        if self.password_credential and not host.environ.get("CREDENTIALS_DIRECTORY"):
+            found.append(("password_credential", "not checked: $CREDENTIALS_DIRECTORY is set only when systemd "
+                                                 "runs the service with LoadCredential=, so only the service can read it"))
+        if (self.password_file or self.password_credential) and not self.tls and not is_loopback(self.host):
+            found.append(("tls", f"is false, so the password goes to {self.host} unencrypted; set tls: true "
+                                  "(port 8883), or use a broker on this machine"))
         return found
 
 
-@dataclass
-class HealthConfig:
+class HealthConfig(Section):
     interval_s: float = setting(30.0, "Seconds between health snapshots on <prefix>/<device_id>/health.", min=1,
                                 max=86_400, unit="s")
     retain: bool = setting(True, "Retain the latest health snapshot so a new dashboard sees it at once.")
     sysfs_root: str = setting("/", "Root under which sys/ and proc/ are read for Jetson figures (tests point it at a copy).")
 
 
-@dataclass
-class HomeAssistantConfig:
+class HomeAssistantConfig(Section):
     enabled: bool = setting(False, "Publish Home Assistant MQTT discovery for the health figures.")
     discovery_prefix: str = setting("homeassistant", "Home Assistant's discovery topic prefix.")
 
+    def problems(self) -> list[tuple[str, str]]:
+        problem = topic_prefix_problem(self.discovery_prefix)
+        return [("discovery_prefix", problem)] if problem else []
 
-@dataclass
-class PrometheusConfig:
+
+class PrometheusConfig(Section):
     enabled: bool = setting(False, "Serve the health figures as Prometheus metrics over HTTP.")
     address: str = setting("127.0.0.1", "Address the metrics endpoint listens on (0.0.0.0 for every interface).")
     port: int = setting(9108, "TCP port of the metrics endpoint (/metrics).", min=1, max=65535)

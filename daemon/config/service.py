@@ -1,28 +1,20 @@
-"""Configuration of the daemon itself: where it keeps state, how it reports liveness, logging."""
+"""Configuration of the daemon itself: where it keeps state, how it reports liveness, logging.
+
+Files edgescribe can make again (TensorRT engines) live in ``engine.engine_dir``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
-from edgescribe.daemon.config.schema import setting
-
-# One MQTT topic level and one Home Assistant object id: no "/", "+", "#", spaces or dots.
-DEVICE_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
-DEVICE_ID_TEXT = "1-64 letters, digits, '-' or '_', starting with a letter or digit"
+from edgescribe.daemon.config.schema import Section, setting
 
 
-@dataclass(frozen=True)
-class ServiceConfig:
+class ServiceConfig(Section):
     state_dir: str = setting(
         "/var/lib/edgescribe",
         "Where the durable MQTT outbox (undelivered transcripts) is kept. systemd's StateDirectory= "
         "creates it; it survives restarts, upgrades and uninstall.",
-    )
-    cache_dir: str = setting(
-        "/var/cache/edgescribe",
-        "Where files edgescribe can make again are kept; safe to delete while the service is stopped. "
-        "systemd's CacheDirectory= creates it.",
     )
     stall_timeout_s: float = setting(
         60.0,
@@ -42,8 +34,7 @@ class ServiceConfig:
     )
 
 
-@dataclass(frozen=True)
-class LoggingConfig:
+class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = setting(
         "info",
         "Least severe message logged. debug shows every segment and inference batch.",

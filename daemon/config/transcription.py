@@ -6,18 +6,16 @@ Consumed by daemon/streaming.py.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
-from edgescribe.daemon.config.schema import setting
+from edgescribe.daemon.config.schema import Section, setting
 
 # The segmenter hands out the utterance so far at this pace when it is built without a
 # transcription section (tests, tools); the daemon passes partial_interval_s.
 DEFAULT_PARTIAL_INTERVAL_S = 1.0
 
 
-@dataclass
-class TranscriptionConfig:
+class TranscriptionConfig(Section):
     language: str = setting(
         "en",
         "Spoken language as a Whisper language code (en, de, zh, ...), or auto to detect it per "
@@ -28,7 +26,6 @@ class TranscriptionConfig:
     task: Literal["transcribe", "translate"] = setting(
         "transcribe",
         "transcribe keeps the spoken language; translate outputs English (multilingual models only).",
-        choices=("transcribe", "translate"),
     )
     initial_prompt: str = setting(
         "",
@@ -43,7 +40,8 @@ class TranscriptionConfig:
     )
     partials: bool = setting(
         True,
-        "Publish partial transcripts while someone is still speaking. Finals are always published.",
+        "Publish partial transcripts (QoS 0, never stored) while someone is still speaking; off, "
+        "no partial is decoded at all. Finals are always published.",
     )
     partial_interval_s: float = setting(
         DEFAULT_PARTIAL_INTERVAL_S,

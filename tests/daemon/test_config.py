@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import subprocess
 import sys
 import textwrap
@@ -13,11 +13,22 @@ import pytest
 import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from edgescribe.daemon import mqtt_link
 from edgescribe.daemon.config import Config, InvalidConfig, load_config
-from edgescribe.daemon.config.loader import field_default, field_types, load_file, load_text, read_secret, unwrap_optional
-from edgescribe.daemon.config.service import LoggingConfig, ServiceConfig
+from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
+from edgescribe.daemon.config.loader import load_file, load_text
+from edgescribe.daemon.config.models import MANIFEST
+from edgescribe.daemon.config.mqtt import MqttConfig
+from edgescribe.daemon.config.reference import MISSING, keys, section_of
+from edgescribe.daemon.config.schema import Loading, Spec, choices, is_section, item_spec
+from edgescribe.daemon.config.secrets import read_password
+from edgescribe.daemon.config.transcription import TranscriptionConfig
+from edgescribe.daemon.pipeline import StreamPipeline
+from edgescribe.daemon.scheduler import InferenceScheduler
 from edgescribe.engines.errors import ConfigError
+from edgescribe.engines.package import MANIFEST as WRITTEN_MANIFEST
 from tests.fixtures.config_sections import Link, Root, Stream, Tls
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,15 +71,16 @@ def test_full_file_gives_typed_values():
         mode="accurate",
         timeout_s=2.0,
         labels={"site": "north", "line": "3"},
-        streams=[Stream("mic-a", "hw:1,0", [0, 1], -3.5), Stream("mic-b")],
-        link=Link("broker.local", 8883, 2, "/etc/edgescribe/mqtt-password", None, Tls(verify=False)),
+        streams=[Stream(name="mic-a", device="hw:1,0", channels=[0, 1], gain_db=-3.5), Stream(name="mic-b")],
+        link=Link(host="broker.local", port=8883, qos=2, password_file="/etc/edgescribe/mqtt-password",
+                  tls=Tls(verify=False)),
     )
     assert isinstance(config.timeout_s, float)
 
 
 def test_defaults_fill_everything_but_the_required_key():
     assert load_text("device_id: x\n", Root) == Root(device_id="x")
-    assert load_text("device_id: x\n", Config) == Config("x", ServiceConfig(), LoggingConfig())
+    assert load_text("device_id: x\n", Config) == Config(device_id="x")
 
 
 def test_text_keys_take_what_was_typed():
@@ -163,14 +175,11 @@ def test_keys_that_moved_name_the_key_to_set_instead():
 
 def _declared(cls, prefix=""):
     """Every dotted key path a section declares (list items as ``streams[]``)."""
-    hints = field_types(cls)
-    for field in dataclasses.fields(cls):
-        yield prefix + field.name
-        inner = unwrap_optional(hints[field.name])[0]
-        is_list = typing.get_origin(inner) is list
-        item = typing.get_args(inner)[0] if is_list else inner
-        if dataclasses.is_dataclass(item):
-            yield from _declared(item, prefix + field.name + ("[]." if is_list else "."))
+    for key in keys(cls, prefix):
+        yield key.path
+        section, is_list = section_of(key)
+        if section is not None:
+            yield from _declared(section, key.path + ("[]." if is_list else "."))
 
 
 def test_every_moved_key_of_the_real_config_points_at_a_key_that_exists():
@@ -223,14 +232,14 @@ def test_merge_keys_and_aliases_work():
     config = load_text(
         "device_id: x\nstreams:\n  - &base {name: a, device: hw:1, gain_db: 3}\n  - {<<: *base, name: b}\n", Root
     )
-    assert config.streams[1] == Stream("b", "hw:1", [0], 3.0)
+    assert config.streams[1] == Stream(name="b", device="hw:1", channels=[0], gain_db=3.0)
     # YAML merge order: the mapping's own keys, then each merged mapping in the order listed.
     config = load_text(
         "device_id: x\nstreams:\n  - &a {name: a, device: hw:1, gain_db: 1}\n"
         "  - &b {name: b, device: hw:2, channels: [1]}\n  - {<<: [*a, *b], name: c}\n",
         Root,
     )
-    assert config.streams[2] == Stream("c", "hw:1", [1], 1.0)
+    assert config.streams[2] == Stream(name="c", device="hw:1", channels=[1], gain_db=1.0)
 
 
 def test_alias_bomb_under_a_known_key_is_bounded():
@@ -245,8 +254,28 @@ def test_alias_bomb_under_a_known_key_is_bounded():
 def test_syntax_errors_name_the_line():
     (line,) = problems("device_id: x\nlink:\n\tport: 1\n")
     assert line.startswith("c.yaml:3: YAML syntax error") and "tabs" in line
-    (line,) = problems("device_id: x\nlink: {port: 1\n")
-    assert line.startswith("c.yaml:3: YAML syntax error")
+
+
+@pytest.mark.parametrize("text, expected", [
+    # a key indented less than its section's keys: PyYAML says "expected <block end>, but found ?"
+    ("device_id: x\nlink:\n  host: a\n port: 1\nenabled: true\n",
+     "c.yaml:4: YAML syntax error: this line's indentation matches no key above it; keys of one section must "
+     "start in the same column"),
+    ("device_id: x\nstreams:\n  - name: a\n   device: b\n",
+     "c.yaml:4: YAML syntax error: this line's indentation matches no key above it; keys of one section must "
+     "start in the same column"),
+    # unclosed quotes and brackets: where they open, not at the end of the file where PyYAML noticed
+    ('device_id: "x\nlink:\n  host: a\n', "c.yaml:1: YAML syntax error: the \" opened on this line is never "
+     "closed; close it at the end of the value"),
+    ("device_id: x\nlink:\n  host: 'abc\n  port: 1\nenabled: true\n", "c.yaml:3: YAML syntax error: the ' opened "
+     "on this line is never closed; close it at the end of the value"),
+    ("device_id: x\nlink: {port: 1\nenabled: true\n", "c.yaml:2: YAML syntax error: the '{' opened on this line "
+     "is never closed; close it with '}'"),
+    ("device_id: x\nlabels\n  a: b\n", "c.yaml:2: YAML syntax error: a key without ':' on this line; expected "
+     "key: value"),
+])
+def test_yaml_mistakes_are_explained_on_the_line_where_they_are(text, expected):
+    assert problems(text) == [expected]
 
 
 def test_file_level_problems(tmp_path):
@@ -269,7 +298,7 @@ def test_invalid_config_is_a_config_error_with_exit_status_2():
 def test_stream_names_are_unique_and_streams_not_empty():
     text = "device_id: x\nstreams:\n  - {name: a, device: hw:0}\n  - {name: b, device: hw:1}\n  - device: hw:2\n    name: a\n"
     assert problems(text, Config) == [
-        "c.yaml:6: streams[2].name: 'a' is already the name of streams[0]; names must be unique"
+        "c.yaml:6: streams[2].name: 'a' is already the name of streams[0]; each stream needs its own"
     ]
     assert problems("device_id: x\nstreams: []\n", Config) == [
         "c.yaml:2: streams: needs at least one stream (a device or a file)"
@@ -293,28 +322,11 @@ def test_device_id_must_be_topic_safe(tmp_path):
     assert load_config(path).logging.level == "debug"
 
 
-def test_read_secret_from_file_and_credential(tmp_path, monkeypatch):
-    (tmp_path / "pw").write_text("s3cret\n")
-    assert read_secret(str(tmp_path / "pw"), None, "mqtt.password_file") == "s3cret"
-    assert read_secret(None, None, "mqtt") is None
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
-    assert read_secret(None, "pw", "mqtt.password_credential") == "s3cret"
-    with pytest.raises(ConfigError, match="mqtt.password_file: cannot read secret file .*nope"):
-        read_secret(str(tmp_path / "nope"), None, "mqtt.password_file")
-    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
-    with pytest.raises(ConfigError, match="LoadCredential=pw:"):
-        read_secret(None, "pw", "mqtt.password_credential")
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "edgescribe.daemon.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_check_config_command(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text("{}")
     good = tmp_path / "good.yaml"
-    good.write_text("device_id: press-1\n")
+    good.write_text(f"device_id: press-1\nmodels: {{serving: {tmp_path / 'model'}}}\n")
     result = _cli("check-config", str(good))
     assert (result.returncode, result.stderr) == (0, "")
     assert result.stdout == f"{good}: OK (device_id press-1)\n"
@@ -338,66 +350,65 @@ def test_check_config_command(tmp_path):
 # ---------------------------------------------------------------- valid documents always load
 
 
-def _values(tp, meta):
+def _values(spec: Spec):
     """Any value the declaration allows (type, range, choices, pattern), as plain YAML data."""
-    inner, optional = unwrap_optional(tp)
-    if typing.get_origin(inner) is typing.Literal or meta.get("choices"):
-        strategy = st.sampled_from(list(meta.get("choices") or typing.get_args(inner)))
-    elif dataclasses.is_dataclass(inner):
-        strategy = _documents(inner)
-    elif typing.get_origin(inner) is list:
-        strategy = st.lists(_values(typing.get_args(inner)[0], meta), max_size=3)
-    elif typing.get_origin(inner) is dict:
-        strategy = st.dictionaries(st.text(max_size=8), _values(typing.get_args(inner)[1], meta), max_size=3)
-    elif inner is bool:
+    tp, facts = spec.type, spec.facts
+    if choices(tp):
+        strategy = st.sampled_from(list(choices(tp)))
+    elif is_section(tp):
+        strategy = _documents(tp)
+    elif typing.get_origin(tp) is list:
+        strategy = st.lists(_values(item_spec(spec)), max_size=3)
+    elif typing.get_origin(tp) is dict:
+        strategy = st.dictionaries(st.text(max_size=8), _values(item_spec(spec)), max_size=3)
+    elif tp is bool:
         strategy = st.booleans()
-    elif inner is int:
-        strategy = st.integers(min_value=meta.get("min"), max_value=meta.get("max"))
-    elif inner is float:
-        strategy = st.floats(meta.get("min"), meta.get("max"), allow_nan=False, allow_infinity=False)
-    elif inner is Path:
-        strategy = st.text(min_size=0 if optional else 1, max_size=20)
-    elif meta.get("pattern"):
-        strategy = st.from_regex(meta["pattern"], fullmatch=True)
+    elif tp is int:
+        strategy = st.integers(min_value=facts.get("min"), max_value=facts.get("max"))
+    elif tp is float:
+        strategy = st.floats(facts.get("min"), facts.get("max"), allow_nan=False, allow_infinity=False)
+    elif tp is Path:
+        strategy = st.text(min_size=0 if spec.optional else 1, max_size=20)
+    elif facts.get("pattern"):
+        strategy = st.from_regex(facts["pattern"].removeprefix("^(?:").removesuffix(")$"), fullmatch=True)
     else:
         strategy = st.text(max_size=20)
-    return st.one_of(st.none(), strategy) if optional else strategy
+    return st.one_of(st.none(), strategy) if spec.optional else strategy
 
 
 def _documents(cls):
     """Mappings for section ``cls``: its required keys always, the others sometimes."""
-    hints = field_types(cls)
     required, optional = {}, {}
-    for field in dataclasses.fields(cls):
-        has_default = field_default(field) is not dataclasses.MISSING
-        (optional if has_default else required)[field.name] = _values(hints[field.name], dict(field.metadata))
+    for key in keys(cls):
+        (required if key.default is MISSING else optional)[key.name] = _values(key.spec)
     return st.fixed_dictionaries(required, optional=optional)
 
 
-def _build(tp, data):
-    """What the document should load as, built directly (independently of the loader)."""
-    inner, _ = unwrap_optional(tp)
-    if data is None:
-        return None
-    if dataclasses.is_dataclass(inner):
-        hints = field_types(inner)
-        instance = inner(**{key: _build(hints[key], value) for key, value in data.items()})
-        assume(not list(getattr(instance, "problems", lambda: [])()))  # cross-key rules, tested above
-        return instance
-    if typing.get_origin(inner) is list:
-        return [_build(typing.get_args(inner)[0], item) for item in data]
-    if inner is Path:
-        return Path(data) if data != "" else None
-    return data
+def _empty_paths_unset(cls, data):
+    """The document as Python code would pass it: an empty path is "not set"."""
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key in keys(cls):
+        if key.name not in data:
+            continue
+        value = data[key.name]
+        section, is_list = section_of(key)
+        if key.spec.type is Path and value == "":
+            value = None
+        elif section is not None and value is not None:
+            value = [_empty_paths_unset(section, v) for v in value] if is_list else _empty_paths_unset(section, value)
+        out[key.name] = value
+    return out
 
 
 VALID = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 def _loads_as_written(root, document):
-    try:
-        expected = _build(root, document)
-    except ValueError:  # a __post_init__ rule, tested above
+    try:  # what the document should load as, built by pydantic from the Python values directly
+        expected = root.model_validate(_empty_paths_unset(root, document), context=Loading())
+    except ValidationError:  # a cross-key rule, tested above
         assume(False)
     # allow_unicode=False: PyYAML would write U+0085 raw, and reading it back is a line break.
     assert load_text(yaml.safe_dump(document), root) == expected
@@ -413,3 +424,180 @@ def test_any_document_the_schema_allows_loads_as_written(document):
 @given(_documents(Config))
 def test_any_document_the_real_sections_allow_loads_as_written(document):
     _loads_as_written(Config, document)
+
+
+# ---------------------------------------------------------------- issue 10: what error messages list
+
+
+def test_moved_keys_is_not_offered_as_a_key():
+    (line,) = problems("device_id: x\nfoo: 1\n", Config)
+    assert line.startswith("c.yaml:2: foo: unknown key; expected one of device_id, service,") and "moved_keys" not in line
+    # the table of old keys is not a key either, and a near miss is not pointed at it
+    assert problems("device_id: x\nmoved_keys: {}\nmoved_key: 1\n", Config) == [
+        "c.yaml:2: moved_keys: unknown key; did you mean models?",
+        "c.yaml:3: moved_key: unknown key; expected one of " + ", ".join(Config.model_fields),
+    ]
+
+
+def test_one_knob_per_concept():
+    declared = set(_declared(Config))
+    assert {"transcription.partials", "vad.threshold", "vad.off_threshold", "engine.engine_dir"} <= declared
+    assert not declared & {"mqtt.publish_partials", "segmenter.threshold", "segmenter.off_threshold", "service.cache_dir"}
+    assert problems("device_id: x\nsegmenter:\n  threshold: 0.6\n", Config) == [
+        "c.yaml:3: segmenter.threshold: this key moved: set vad.threshold instead"
+    ]
+
+
+def test_the_manifest_name_is_the_one_the_packages_are_written_with():
+    assert MANIFEST == WRITTEN_MANIFEST
+
+
+# ---------------------------------------------------------------- check-config and run agree
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items() if k not in ("INVOCATION_ID", "CREDENTIALS_DIRECTORY")}
+    return subprocess.run([sys.executable, "-m", "edgescribe.daemon.cli", *args], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env={**environ, **(env or {})})
+
+
+@pytest.fixture
+def package(tmp_path) -> Path:
+    """A directory that passes for a model package (check-config does not load the model)."""
+    directory = tmp_path / "tiny.en"
+    directory.mkdir()
+    (directory / "manifest.json").write_text("{}")
+    return directory
+
+
+# Each of these passed check-config before, while run refused it or failed at the first use.
+HOST_CASES = {
+    "missing password file": ("mqtt:\n  username: u\n  password_file: {tmp}/nope\n",
+                              "{file}:4: mqtt.password_file: cannot read {tmp}/nope: No such file or directory"),
+    "missing model package": ("models:\n  serving: {tmp}/base\n",
+                              "{file}:3: models.serving: {tmp}/base: no such directory; write one with: "
+                              "edgescribe export --out {tmp}/base"),
+    "missing CA file": ("mqtt:\n  tls: true\n  tls_ca_file: {tmp}/ca.pem\n",
+                        "{file}:4: mqtt.tls_ca_file: cannot read {tmp}/ca.pem: No such file or directory"),
+    "NUL in topic prefix": ('mqtt:\n  topic_prefix: "plant\\0"\n',
+                            "{file}:3: mqtt.topic_prefix: got 'plant\\x00'; expected one or more topic levels separated "
+                            "by '/', without '+', '#' or control characters"),
+    "# in discovery prefix": ("homeassistant:\n  discovery_prefix: ha/#\n",
+                              "{file}:3: homeassistant.discovery_prefix: got 'ha/#'; expected one or more topic levels "
+                              "separated by '/', without '+', '#' or control characters"),
+    "+ in discovery prefix": ("homeassistant:\n  discovery_prefix: ha/+/x\n",
+                              "{file}:3: homeassistant.discovery_prefix: got 'ha/+/x'; expected one or more topic "
+                              "levels separated by '/', without '+', '#' or control characters"),
+    "port in host": ("mqtt:\n  host: broker.lan:1883\n",
+                     "{file}:3: mqtt.host: got 'broker.lan:1883'; expected a host name or IP address, without a port "
+                     "(the port is mqtt.port)"),
+    "two streams on one device": ("streams:\n  - name: a\n    device: hw:1,0\n  - name: b\n    device: plughw:1,0\n",
+                                  "{file}:6: streams[1].device: 'plughw:1,0' is already the device of streams[0]; "
+                                  "each stream needs its own"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOST_CASES))
+def test_check_config_and_run_refuse_the_same_file_with_the_same_line(case, tmp_path, package):
+    body, expected = HOST_CASES[case]
+    path = tmp_path / "config.yaml"
+    text = f"device_id: press-1\nmodels: {{serving: {package}}}\n" if "models:" not in body else "device_id: press-1\n"
+    path.write_text(text + body.format(tmp=tmp_path))
+    line = expected.format(file=path, tmp=tmp_path)
+    if "models:" not in body:  # the package line comes first: shift the expected line by one
+        number = int(line[len(str(path)) + 1:].split(":")[0])
+        line = line.replace(f"{path}:{number}:", f"{path}:{number + 1}:", 1)
+    checked = _cli("check-config", str(path))
+    assert (checked.returncode, checked.stderr.splitlines()) == (2, [line, f"{path}: 1 problem found"])
+    ran = _cli("run", "--config", str(path))
+    assert ran.returncode == 2 and "Traceback" not in ran.stderr
+    assert ran.stderr.splitlines() == [f"edgescribe run: error: {line}"]
+
+
+# ---------------------------------------------------------------- the MQTT password (issue 11, item 11)
+
+
+def _mqtt_file(tmp_path, package, mqtt: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(f"device_id: press-1\nmodels: {{serving: {package}}}\nmqtt:\n{textwrap.indent(mqtt, '  ')}")
+    return path
+
+
+def test_a_password_file_every_user_can_read_is_a_warning_and_refused_under_systemd(tmp_path, package):
+    secret = tmp_path / "mqtt-password"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o644)
+    path = _mqtt_file(tmp_path, package, f"username: u\npassword_file: {secret}\n")
+    checked = _cli("check-config", str(path))
+    assert checked.returncode == 0 and "hunter2" not in checked.stderr
+    (warning,) = checked.stderr.splitlines()
+    assert warning.startswith(f"{path}:5: mqtt.password_file: warning: {secret} can be read by every user")
+    assert "chmod 640" in warning
+    under_systemd = {"INVOCATION_ID": "0123456789abcdef"}
+    for command in (["check-config", str(path)], ["run", "--config", str(path)]):
+        refused = _cli(*command, env=under_systemd)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr
+        assert f"{path}:5: mqtt.password_file: {secret} can be read by every user" in refused.stderr
+    secret.chmod(0o640)
+    assert _cli("check-config", str(path)).stderr == ""
+    assert _cli("check-config", str(path), env=under_systemd).returncode == 0
+
+
+def test_a_password_sent_without_tls_to_another_machine_is_a_warning(tmp_path, package):
+    secret = tmp_path / "pw"
+    secret.write_text("hunter2\n")
+    secret.chmod(0o600)
+    remote = _cli("check-config", str(_mqtt_file(tmp_path, package, f"host: broker.lan\nusername: u\npassword_file: {secret}\n")))
+    assert remote.returncode == 0
+    assert remote.stderr.splitlines() == [
+        f"{tmp_path / 'config.yaml'}:4: mqtt.tls: warning: is false, so the password goes to broker.lan unencrypted; "
+        "set tls: true (port 8883), or use a broker on this machine"
+    ]
+    for mqtt in (f"host: 127.0.0.1\nusername: u\npassword_file: {secret}\n",  # a broker on this machine
+                 f"host: ::1\nusername: u\npassword_file: {secret}\n",
+                 "host: broker.lan\n"):  # no password to protect
+        assert _cli("check-config", str(_mqtt_file(tmp_path, package, mqtt))).stderr == "", mqtt
+
+
+@pytest.mark.parametrize("name", ["/etc/shadow", "../mqtt-password", "..", ".", "a/b", ".hidden"])
+def test_a_credential_is_a_plain_name_never_a_path(name):
+    (line,) = problems(f"device_id: x\nmqtt:\n  username: u\n  password_credential: '{name}'\n", Config)
+    assert line.startswith(f"c.yaml:4: mqtt.password_credential: got '{name}'; expected text of a credential name")
+    with pytest.raises(ValidationError):
+        MqttConfig(username="u", password_credential=name)
+
+
+def test_one_password_reader_for_files_and_credentials(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\nsecond line\n")
+    assert read_password(MqttConfig(username="u", password_file=str(tmp_path / "pw")), {}) == "s3cret"
+    assert read_password(MqttConfig(), {}) is None
+    credential = MqttConfig(username="u", password_credential="pw")
+    assert read_password(credential, {"CREDENTIALS_DIRECTORY": str(tmp_path)}) == "s3cret"
+    with pytest.raises(ConfigError, match=r"CREDENTIALS_DIRECTORY is not .*LoadCredential="):
+        read_password(credential, {})
+    with pytest.raises(ConfigError, match=r"^mqtt.password_file: cannot read .*nope: No such file"):
+        read_password(MqttConfig(username="u", password_file=str(tmp_path / "nope")), {})
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match=r"^mqtt.password_credential: .*empty is empty"):
+        read_password(MqttConfig(username="u", password_credential="empty"), {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert mqtt_link.read_password is read_password  # the link reads the password with this one reader
+
+
+def test_a_credential_is_checked_when_the_service_has_credentials(tmp_path, package, monkeypatch):
+    path = _mqtt_file(tmp_path, package, "username: u\npassword_credential: mqtt-password\n")
+    assert load_config(path).mqtt.password_credential == "mqtt-password"  # no $CREDENTIALS_DIRECTORY to look in
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path / "credentials"))
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path)
+    assert caught.value.lines() == [
+        f"{path}:5: mqtt.password_credential: cannot read {tmp_path}/credentials/mqtt-password: No such file or directory"
+    ]
+
+
+def test_the_daemon_built_segmenter_takes_its_thresholds_from_the_vad_section():
+    vad = VadOptions(engine="energy", threshold=0.8, off_threshold=0.6)
+    pipeline = StreamPipeline.build(
+        StreamConfig(name="mic", file="unused.wav"), CaptureOptions(), vad, SegmenterOptions(),
+        TranscriptionConfig(), InferenceScheduler(), engines=None, emit=lambda event: None,
+    )
+    assert (pipeline.segmenter.threshold, pipeline.segmenter.off_threshold) == (0.8, 0.6)

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgescribe.daemon.config import Config
+from edgescribe.daemon.config import Config, Host
 from edgescribe.daemon.config.loader import InvalidConfig, load_file, load_text
 from edgescribe.daemon.config.reference import keys, plain, section_of
 from tests.fixtures.config_sections import Root
@@ -31,7 +31,7 @@ def _key_names(cls) -> set[str]:
     names = set()
     for key in keys(cls):
         names.add(key.name)
-        section, _ = section_of(key.type)
+        section, _ = section_of(key)
         if section is not None:
             names |= _key_names(section)
     return names
@@ -156,7 +156,8 @@ def test_arbitrary_bytes(tmp_path_factory, data):
 # fuzzing reaches the type checks rather than stopping at the YAML parser.
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20),
-    st.sampled_from(["info", "debug", "fast", "/var/lib/x", "hw:1,0", "mic-1", "1e999", "-0", "0x1F"]),
+    st.sampled_from(["info", "debug", "fast", "/var/lib/x", "hw:1,0", "mic-1", "1e999", "-0", "0x1F",
+                     "/", "/dev/zero", "/dev/stdin", "/etc/shadow", "a\x00b", "..", "broker:1883", "ha/#"]),
 )
 documents = st.recursive(
     scalars,
@@ -208,11 +209,16 @@ def mutated_configs(draw):
 @FUZZ
 @given(mutated_configs())
 def test_near_valid_configs(document):
+    """Also with the checks of this machine: whatever the file names (a directory, a device,
+    a name with a NUL), they give clean problems or warnings and never block."""
     text = yaml.safe_dump(document, sort_keys=False)
-    try:
-        load_text(text, Config, "m.yaml")
-    except InvalidConfig as error:
-        _assert_clean(error, "m.yaml")
+    for host in (None, Host(environ={"CREDENTIALS_DIRECTORY": "/nonexistent", "INVOCATION_ID": "1"}), Host(environ={})):
+        warnings: list[str] = []
+        try:
+            load_text(text, Config, "m.yaml", host=host, warn=warnings.append)
+        except InvalidConfig as error:
+            _assert_clean(error, "m.yaml")
+        assert all(line.startswith("m.yaml:") and LINE.match(line) and "\n" not in line for line in warnings)
 
 
 CLI_CASES = ["empty", "tab-indent", "binary-junk", "latin-1", "unknown-keys", "duplicate-keys", "huge-int",
