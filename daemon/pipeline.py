@@ -15,8 +15,29 @@ from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import Event
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler
 from edgescribe.daemon.segmenter import Segmenter
-from edgescribe.daemon.streaming import StreamTranscriber, consume
+from edgescribe.daemon.streaming import StreamTranscriber
 from edgescribe.daemon.vad import create_vad
+
+
+def consume(capture: CaptureStream, segmenter: Segmenter, transcriber: StreamTranscriber, stop: threading.Event,
+            poll_s: float = 0.1) -> None:
+    """The consumer side of one stream: ring buffer -> segmenter -> transcriber.
+
+    Runs on its own thread until the capture has ended and is drained, or ``stop`` is set;
+    then flushes the open utterance so its final is not lost. ``transcriber.push`` blocks
+    when inference is far behind, and then audio piles up in the capture ring buffer,
+    which drops and reports it (GapEvent) when full.
+    """
+    while not stop.is_set():
+        block = capture.get(timeout=poll_s)
+        if block is None:
+            if capture.finished:
+                break
+            continue
+        for utterance in segmenter.push(block):
+            transcriber.push(utterance)
+    for utterance in segmenter.flush():
+        transcriber.push(utterance)
 
 
 class StreamPipeline:
@@ -47,7 +68,7 @@ class StreamPipeline:
         updates = transcription.partial_interval_s if transcription.partials else None
         return cls(
             CaptureStream(stream, capture, on_event=emit),
-            Segmenter(stream.name, segmenter, create_vad(vad), update_interval_s=updates),
+            Segmenter(stream.name, segmenter, create_vad(vad), update_interval_s=updates, thresholds=vad),
             StreamTranscriber(stream.name, transcription, scheduler, engines, emit=emit),
         )
 

@@ -29,6 +29,8 @@ import numpy as np
 
 from edgescribe.daemon.events import ModelEvent
 from edgescribe.engines.audio import pad_or_trim
+from edgescribe.engines.decoding import DecodingOptions, decode
+from edgescribe.engines.backend import load_model
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +92,6 @@ class EngineManager:
         ``engine`` (EngineConfig) how to run them."""
 
         def load(package_dir: Path) -> Any:
-            from edgescribe.engines.model import load_model
-
             return load_model(package_dir, backend=engine.backend, engine_dir=engine.engine_dir, threads=engine.threads)
 
         return cls(load, models.serving, models.upgrade, emit)
@@ -174,6 +174,7 @@ class DecodeRequest:
     language: Optional[str] = None  # None: detect
     task: str = "transcribe"
     prompt: str = ""
+    tag: Any = None  # the submitter's own note, handed back untouched with the outcome
     submitted: float = field(default_factory=time.monotonic)
 
 
@@ -194,13 +195,13 @@ class InferenceScheduler:
         self,
         max_batch: int = 4,
         max_pending_finals: int = 32,
-        decode: Optional[Callable] = None,
+        decode: Callable = decode,
         partial_share: float = PARTIAL_SHARE,
     ):
         self.max_batch = max_batch
         self.max_pending_finals = max_pending_finals
         self.partial_share = partial_share  # 1.0: partials as often as the queue has them
-        self._decode = decode  # engines.decoding.decode unless a caller wraps it
+        self._decode = decode  # engines.decoding.decode, or a caller's wrapper around it
         self._finals: collections.deque[DecodeRequest] = collections.deque()
         self._partials: "collections.OrderedDict[str, DecodeRequest]" = collections.OrderedDict()
         self._cond = threading.Condition()
@@ -269,10 +270,6 @@ class InferenceScheduler:
     # -- the worker -----------------------------------------------------------------------
 
     def start(self) -> None:
-        if self._decode is None:
-            from edgescribe.engines.decoding import decode
-
-            self._decode = decode
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._thread.start()
 
@@ -358,14 +355,12 @@ class InferenceScheduler:
 
     def _decode_batch(self, batch: list[DecodeRequest]) -> None:
         """Decode one batch and hand every request its outcome."""
-        from edgescribe.engines.decoding import DecodingOptions
-
         model = batch[0].lease.model
         mels, options = [], []
         for request in batch:
             for window in request.windows:
                 mels.append(pad_or_trim(model.log_mel(window)))
-                options.append(_options_for(DecodingOptions, request, model))
+                options.append(_options_for(request, model))
         backend = model.runner.name
         try:
             results = self._decode(model, np.stack(mels), options)
@@ -385,9 +380,9 @@ class InferenceScheduler:
                 log.exception("handling the result for %s failed", request.key)
 
 
-def _options_for(options_type, request: DecodeRequest, model) -> Any:
+def _options_for(request: DecodeRequest, model: Any) -> DecodingOptions:
     multilingual = model.is_multilingual
-    return options_type(
+    return DecodingOptions(
         task=request.task if multilingual else "transcribe",
         language=request.language if multilingual else "en",
         temperature=request.temperature,

@@ -33,29 +33,34 @@ gate); a result with a high no-speech probability and a low average log-probabil
 dropped; a repetition loop (high gzip compression ratio) is decoded again at a higher
 temperature and dropped if it keeps looping; earlier text is not used as a prompt unless
 configured; when the segmenter had to cut a long utterance, words repeated from the
-previous final at the start of the next are removed.
+previous final at the start of the next are removed. The rules that judge a decoded
+result live in engines/quality_gates.py, shared with the offline pipeline.
+
+Structure: each utterance is a ``LiveUtterance``, a state machine fed its segmenter updates
+and its decode outcomes. Every transition returns the actions it needs (queue a decode,
+withdraw one, publish an event, release the model lease) and ``StreamTranscriber``, a small
+driver, carries them out; so one utterance's path reads top to bottom in one class.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
+import enum
 import logging
 import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import Confidence, TranscriptEvent
-from edgescribe.daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler
+from edgescribe.daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler, ModelLease
+from edgescribe.daemon.segmenter import Utterance
 from edgescribe.engines.audio import CHUNK_SECONDS, SAMPLE_RATE
-
-if TYPE_CHECKING:
-    from edgescribe.daemon.segmenter import Utterance
+from edgescribe.engines.quality_gates import QualityGates
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +116,9 @@ class LocalAgreement:
         return list(self.stable), list(words[len(self.stable) :])
 
 
-def strip_repeated_prefix(previous_words: list[str], words: list[str], limit: int = _MAX_REPEATED_WORDS) -> list[str]:
-    """Drop the longest run (up to ``limit`` words) that ends ``previous_words`` and begins ``words``."""
-    for k in range(min(limit, len(previous_words), len(words)), 0, -1):
+def strip_repeated_prefix(previous_words: list[str], words: list[str]) -> list[str]:
+    """Drop the longest run (up to ``_MAX_REPEATED_WORDS``) that ends ``previous_words`` and begins ``words``."""
+    for k in range(min(_MAX_REPEATED_WORDS, len(previous_words), len(words)), 0, -1):
         if _same_words(previous_words[-k:], words[:k]):
             return words[k:]
     return words
@@ -131,35 +136,64 @@ def build_prompt(config: TranscriptionConfig, previous_text: str = "") -> str:
     return " ".join(part for part in parts if part)
 
 
-def split_windows(samples: np.ndarray, window_s: float = CHUNK_SECONDS) -> list[np.ndarray]:
+def split_windows(samples: np.ndarray) -> list[np.ndarray]:
     """Cut audio into equal windows of at most 30 s (the segmenter normally keeps utterances
     shorter, so this is one window; equal lengths avoid a tiny last window Whisper misreads)."""
-    limit = int(window_s * SAMPLE_RATE)
+    limit = int(CHUNK_SECONDS * SAMPLE_RATE)
     count = max(1, -(-len(samples) // limit))
     return [np.ascontiguousarray(part, dtype=np.float32) for part in np.array_split(samples, count)]
 
 
-@dataclass
-class _Utterance:
-    """What one stream remembers about an utterance until its final is out."""
+# -- what a transition asks the driver to do ------------------------------------------------
 
-    utterance_id: str
-    lease: Any  # daemon.scheduler.ModelLease
-    audio_start: float
-    wall_start: float
-    continues: bool  # starts where the previous utterance was cut: de-duplicate its first words
-    agreement: LocalAgreement = field(default_factory=LocalAgreement)
-    sequence: int = 0
-    last_partial_s: float = -1e9  # utterance length (audio s) at the last partial submitted
-    final_submitted: bool = False
-    published: bool = False  # whether any event of it went out (then a final must follow)
-    # final decoding state: one result slot per window, filled as temperatures succeed
-    final_windows: list[np.ndarray] = field(default_factory=list)
-    final_results: list[Any] = field(default_factory=list)
-    final_attempts: list[list[Any]] = field(default_factory=list)  # every result so far, per window
-    ended_at: float = 0.0  # monotonic time the ended update arrived
-    duration: float = 0.0
-    speculation: Optional["_Speculation"] = None
+
+@dataclass(frozen=True)
+class Queue:
+    """Queue a decode the utterance needs. A final may wait for room (back-pressure), so the
+    driver queues it outside its lock; ``urgent`` (a fallback retry) goes first and never waits."""
+
+    request: DecodeRequest
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class Offer:
+    """Queue an optional decode (a partial, a speculative final) only if inference is not
+    behind and there is room now; the answer goes back through ``LiveUtterance.answered``."""
+
+    request: DecodeRequest
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Take a queued decode back; one already running still delivers, and is ignored."""
+
+    request: DecodeRequest
+
+
+@dataclass(frozen=True)
+class Publish:
+    event: TranscriptEvent
+
+
+@dataclass(frozen=True)
+class Release:
+    """The utterance is done with its model (see ``ModelLease``)."""
+
+    lease: ModelLease
+
+
+Action = Union[Queue, Offer, Withdraw, Publish, Release]
+
+
+@dataclass
+class StreamMemory:
+    """What one stream carries from one utterance to the next (guarded by its driver's lock)."""
+
+    previous_words: list[str] = field(default_factory=list)  # the last final's words: cut de-duplication
+    previous_text: str = ""  # the last final that had words: condition_on_previous_text
+    previous_audio_end: float = -1e9  # where the last utterance ended: the next continues it if it starts there
+    speculations: collections.Counter = field(default_factory=collections.Counter)  # started / reused / discarded
 
 
 @dataclass(frozen=True)
@@ -174,21 +208,305 @@ class SpeculationCounts:
     discarded: int  # withdrawn or ignored: speech resumed, the prompt changed, it failed, or the stream stopped
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What every utterance of a stream decodes and judges with."""
+
+    stream: str
+    config: TranscriptionConfig
+    gates: QualityGates
+    deliver: Callable[[DecodeOutcome], None]  # the driver's entry for outcomes (the requests' on_done)
+
+
 @dataclass
 class _Speculation:
     """A final's first decode, started when the utterance paused (see the module docstring)."""
 
     speech_end: int  # the pause update's speech_end: the speech this decode heard
     request: DecodeRequest
-    outcome: Optional[DecodeOutcome] = None  # set when decoded
-    claimed: bool = False  # the utterance ended at this pause: the outcome finishes it
+    outcome: Optional[DecodeOutcome] = None  # set when decoded before the end was known
+
+
+class Phase(enum.Enum):
+    OPEN = "open"  # speech goes on: updates may give partials
+    SPECULATING = "speculating"  # paused: the final's first decode started on the audio so far
+    DECODING_FINAL = "decoding final"  # ended: one attempt (at one temperature) is queued or running
+    DONE = "done"  # the final went out, nothing was owed, or the stream closed
+
+
+class LiveUtterance:
+    """One utterance from its first update to its final, as a state machine.
+
+    Inputs: ``update`` (a segmenter update), ``answered`` (whether an ``Offer`` was queued),
+    ``decoded`` (an outcome of one of its requests), ``close`` (the stream stopped). Each
+    returns the actions to carry out, in order. The path::
+
+        OPEN --pause--> SPECULATING --more speech--> OPEN
+        OPEN | SPECULATING --end--> DECODING_FINAL (the first temperature, then each hotter
+        one the gates ask for) --> DONE
+
+    A speculation still valid at the end is the final's first attempt (decoded or not), so
+    it goes through the same gates, fallback and de-duplication as a fresh one.
+    """
+
+    def __init__(self, first: Utterance, lease: ModelLease, continues: bool, settings: _Settings):
+        self.utterance_id = first.utterance_id
+        self.phase = Phase.OPEN
+        self._settings = settings
+        self._lease = lease
+        self._audio_start = first.audio_start
+        self._wall_start = first.wall_start
+        self._continues = continues  # starts where the previous utterance was cut: de-duplicate its first words
+        self._agreement = LocalAgreement()
+        self._sequence = 0
+        self._published = False  # whether any event of it went out (then a final must follow)
+        self._last_partial_s = -1e9  # utterance length (audio s) at the last partial queued
+        self._offered: Optional[Utterance] = None  # the update whose Offer awaits its answer
+        self._speculation: Optional[_Speculation] = None
+        # the final: one result slot per window, filled as temperatures pass the gates
+        self._final: Optional[DecodeRequest] = None  # the attempt being decoded
+        self._windows: list[np.ndarray] = []
+        self._results: list[Any] = []
+        self._attempts: list[list[Any]] = []  # every result so far, per window
+        self._ended_at = 0.0  # monotonic time the ended update arrived
+        self._duration = 0.0
+
+    # -- inputs ----------------------------------------------------------------------------
+
+    def update(self, utterance: Utterance, stream: StreamMemory) -> list[Action]:
+        if self.phase not in (Phase.OPEN, Phase.SPECULATING):
+            return []  # already ended
+        if utterance.ended:
+            return self._end(utterance, stream)
+        actions: list[Action] = []
+        if self._speculation is not None and self._speculation.speech_end != utterance.speech_end:
+            actions += self._drop_speculation(stream)  # speech resumed: that decode heard too little
+        if utterance.pause and self._settings.config.speculative_final and utterance.speech_end is not None:
+            actions += self._drop_speculation(stream)
+            self._offered = utterance
+            request = self._request(split_windows(utterance.samples), stream, final=True,
+                                    temperature=self._settings.config.temperatures[0])
+            self._speculation = _Speculation(utterance.speech_end, request)
+            self.phase = Phase.SPECULATING
+            return actions + [Offer(request)]  # optional: refused when inference is behind
+        return actions + self._partial(utterance, stream)
+
+    def answered(self, request: DecodeRequest, queued: bool, stream: StreamMemory) -> list[Action]:
+        update, self._offered = self._offered, None
+        if self._speculation is not None and request is self._speculation.request:
+            if queued:
+                stream.speculations["started"] += 1
+                return []
+            self._speculation = None
+            self.phase = Phase.OPEN
+            return self._partial(update, stream)  # no speculation now: a partial may go instead
+        if queued:
+            self._last_partial_s = len(update.samples) / SAMPLE_RATE
+        return []
+
+    def decoded(self, outcome: DecodeOutcome, stream: StreamMemory) -> list[Action]:
+        request = outcome.request
+        if self._speculation is not None and request is self._speculation.request:
+            self._speculation.outcome = outcome  # the end (or more speech) decides what it is worth
+            return []
+        if request is self._final:
+            return self._final_decoded(outcome, stream)
+        if not request.final and self.phase in (Phase.OPEN, Phase.SPECULATING):
+            return self._partial_decoded(outcome, stream)
+        return []  # a withdrawn speculation decoded anyway, or a partial overtaken by the end
+
+    def close(self, stream: StreamMemory) -> list[Action]:
+        """The stream stopped: forget the utterance unless it ended (its final still comes)."""
+        if self.phase not in (Phase.OPEN, Phase.SPECULATING):
+            return []
+        actions = self._drop_speculation(stream)
+        self.phase = Phase.DONE
+        return actions + [Release(self._lease)]
+
+    # -- while speech goes on --------------------------------------------------------------
+
+    def _partial(self, update: Utterance, stream: StreamMemory) -> list[Action]:
+        config = self._settings.config
+        # measured in audio time, like the segmenter's updates (a little slack for frame
+        # rounding), so a replayed file at any speed yields the same partials as live audio
+        duration = len(update.samples) / SAMPLE_RATE
+        if not config.partials or duration - self._last_partial_s < config.partial_interval_s * 0.95:
+            return []
+        # Mid-speech, the audio ends inside a word, and Whisper completes a cut word into
+        # whatever fits ("what your coun-" became a profanity in tiny.en's partial of JFK).
+        # At a pause the last word is whole, so only then is it shown.
+        self._offered = update
+        return [Offer(self._request(split_windows(update.samples), stream, final=False, tag=not update.pause))]
+
+    def _partial_decoded(self, outcome: DecodeOutcome, stream: StreamMemory) -> list[Action]:
+        ready = time.monotonic()
+        if outcome.error is not None:
+            return []
+        if not all(self._settings.gates.is_usable(r) for r in outcome.results):
+            return []  # a dubious hypothesis would only poison the agreement
+        words = self._dedupe(stream, " ".join(r.text.strip() for r in outcome.results).split())
+        if outcome.request.tag:  # cut mid-word
+            words = words[:-1]  # also kept out of the agreement: a cut word must not turn stable
+        stable, tail = self._agreement.update(words)
+        if not stable and not tail:
+            return []  # nothing to show yet
+        audio_end = self._audio_start + sum(len(w) for w in outcome.request.windows) / SAMPLE_RATE
+        latency = ready - outcome.request.submitted
+        return [Publish(self._event("partial", stable, tail, outcome.results, outcome, audio_end, latency))]
+
+    def _drop_speculation(self, stream: StreamMemory) -> list[Action]:
+        if self._speculation is None:
+            return []
+        request = self._speculation.request
+        self._speculation = None
+        if self.phase is Phase.SPECULATING:
+            self.phase = Phase.OPEN
+        stream.speculations["discarded"] += 1
+        return [Withdraw(request)]
+
+    # -- the final ---------------------------------------------------------------------------
+
+    def _end(self, ended: Utterance, stream: StreamMemory) -> list[Action]:
+        self.phase = Phase.DECODING_FINAL
+        self._ended_at = time.monotonic()
+        self._duration = len(ended.samples) / SAMPLE_RATE
+        stream.previous_audio_end = ended.audio_end
+        speculation = self._speculation
+        if speculation is not None and self._speculation_stands_for(ended, stream):
+            self._speculation = None
+            stream.speculations["reused"] += 1
+            self._begin_final(speculation.request)  # fallback retries decode the same audio
+            if speculation.outcome is None:
+                return []  # still decoding: its outcome finishes the final
+            return self._final_decoded(speculation.outcome, stream)
+        actions = self._drop_speculation(stream)
+        windows = split_windows(ended.samples)
+        self._begin_final(self._request(windows, stream, final=True, temperature=self._settings.config.temperatures[0]))
+        return actions + [Queue(self._final)]
+
+    def _speculation_stands_for(self, ended: Utterance, stream: StreamMemory) -> bool:
+        """Whether the speculation can be this ended utterance's first decode: no speech came
+        after the pause (same speech_end), its prompt is the one the final would get now (a
+        previous final may have finished since, with condition_on_previous_text), and it did
+        not fail."""
+        speculation = self._speculation
+        return (
+            ended.speech_end is not None
+            and speculation.speech_end == ended.speech_end
+            and speculation.request.prompt == build_prompt(self._settings.config, stream.previous_text)
+            and (speculation.outcome is None or speculation.outcome.error is None)
+        )
+
+    def _begin_final(self, first: DecodeRequest) -> None:
+        self._final = first
+        self._windows = first.windows
+        self._results = [None] * len(first.windows)
+        self._attempts = [[] for _ in first.windows]
+
+    def _final_decoded(self, outcome: DecodeOutcome, stream: StreamMemory) -> list[Action]:
+        if outcome.error is not None:
+            # the engine failed on this audio; say so rather than lose the utterance silently
+            log.error("%s: final of %s could not be decoded: %s", self._settings.stream, self.utterance_id, outcome.error)
+            return self._finish(stream, outcome, [], [])
+        retry = self._keep_passing(outcome, stream)
+        if retry is not None:
+            self._final = retry
+            return [Queue(retry, urgent=True)]
+        kept = [r for r in self._results if self._settings.gates.is_usable(r)]
+        words = self._dedupe(stream, " ".join(r.text.strip() for r in kept).split())
+        return self._finish(stream, outcome, words, kept)
+
+    def _keep_passing(self, outcome: DecodeOutcome, stream: StreamMemory) -> Optional[DecodeRequest]:
+        """Keep the results that need no fallback; returns the retry at the next temperature
+        for the others, if there is one. When every temperature fails, the gates pick the best
+        attempt (as the offline pipeline does); one that still loops is then left out of the text."""
+        gates = self._settings.gates
+        higher = [t for t in self._settings.config.temperatures if t > outcome.request.temperature]
+        pending = [i for i, r in enumerate(self._results) if r is None]
+        retry_windows = []
+        for index, result in zip(pending, outcome.results):
+            self._attempts[index].append(result)
+            if not gates.needs_fallback(result):
+                self._results[index] = result
+            elif higher:
+                retry_windows.append(index)
+            else:
+                self._results[index] = gates.best_of_failed(self._attempts[index])
+        if not retry_windows:
+            return None
+        log.debug("%s: %s: %d window(s) retried at temperature %.1f", self._settings.stream, self.utterance_id,
+                  len(retry_windows), higher[0])
+        return self._request([self._windows[i] for i in retry_windows], stream, final=True, temperature=higher[0])
+
+    def _finish(self, stream: StreamMemory, outcome: DecodeOutcome, words: list[str], kept: list[Any]) -> list[Action]:
+        self.phase = Phase.DONE
+        # finals complete in submission order (retries jump the queue), so this is the
+        # utterance just before the next one to de-duplicate against
+        stream.previous_words = words
+        if words:
+            stream.previous_text = " ".join(words)
+        actions: list[Action] = [Release(self._lease)]
+        if not words and not self._published:
+            log.debug("%s: utterance %s gave no text (gated), nothing published", self._settings.stream, self.utterance_id)
+            return actions
+        # an utterance whose partials went out is always closed by a final, even an empty one
+        results = kept or [r for r in self._results if r is not None]
+        audio_end = self._audio_start + self._duration
+        latency = time.monotonic() - self._ended_at
+        return actions + [Publish(self._event("final", words, [], results, outcome, audio_end, latency))]
+
+    # -- shared by partials and finals -------------------------------------------------------
+
+    def _request(self, windows: list[np.ndarray], stream: StreamMemory, final: bool, temperature: float = 0.0,
+                 tag: Any = None) -> DecodeRequest:
+        config = self._settings.config
+        return DecodeRequest(
+            key=self.utterance_id,
+            final=final,
+            windows=windows,
+            lease=self._lease,
+            on_done=self._settings.deliver,
+            temperature=temperature,
+            language=None if config.language == "auto" else config.language,
+            task=config.task,
+            prompt=build_prompt(config, stream.previous_text),
+            tag=tag,
+        )
+
+    def _dedupe(self, stream: StreamMemory, words: list[str]) -> list[str]:
+        return strip_repeated_prefix(stream.previous_words, words) if self._continues else words
+
+    def _event(self, kind: str, stable: list[str], tail: list[str], results: list[Any], outcome: DecodeOutcome,
+               audio_end: float, latency: float) -> TranscriptEvent:
+        sequence = self._sequence
+        self._sequence += 1
+        self._published = True
+        return TranscriptEvent(
+            stream=self._settings.stream,
+            utterance_id=self.utterance_id,
+            sequence=sequence,
+            kind=kind,
+            stable_text=" ".join(stable),
+            unstable_text=(" " if stable and tail else "") + " ".join(tail),
+            audio_start=self._audio_start,
+            audio_end=audio_end,
+            wall_start=self._wall_start,
+            wall_end=self._wall_start + (audio_end - self._audio_start),
+            language=_language(results, self._settings.config.language),
+            confidence=_confidence(results),
+            model=outcome.model,
+            backend=outcome.backend,
+            latency_s=max(0.0, latency),
+        )
 
 
 class StreamTranscriber:
-    """Turns one stream's utterance updates into TranscriptEvents through the shared scheduler.
+    """Turns one stream's utterance updates into TranscriptEvents through the shared scheduler:
+    the driver of its ``LiveUtterance`` machines.
 
-    ``push`` is called from the stream's pipeline thread; results arrive on the inference
-    worker thread; ``emit`` is called on the worker thread.
+    ``push`` is called from the stream's pipeline thread and outcomes arrive on the inference
+    worker thread; one lock serialises both, and everything that may wait (queueing a final,
+    emitting) happens outside it.
     """
 
     def __init__(
@@ -204,316 +522,73 @@ class StreamTranscriber:
         self._scheduler = scheduler
         self._engines = engines
         self._emit = emit
+        gates = QualityGates(config.compression_ratio_threshold, config.log_prob_threshold, config.no_speech_threshold)
+        self._settings = _Settings(stream, config, gates, self._deliver)
         self._lock = threading.Lock()
-        self._open: dict[str, _Utterance] = {}
-        self._previous_words: list[str] = []  # words of the last final (for cut de-duplication)
-        self._previous_text = ""
-        self._previous_audio_end = -1e9
-        self.skipped_partials = 0
-        self._speculations: collections.Counter = collections.Counter()  # started / reused / discarded
-
-    # -- utterance updates (pipeline thread) -------------------------------------------------
+        self._open: dict[str, LiveUtterance] = {}
+        self._memory = StreamMemory()
 
     def push(self, utterance: Utterance) -> None:
         """Handle one segmenter update (``edgescribe.daemon.segmenter.Utterance``)."""
-        now = time.monotonic()
-        duration = len(utterance.samples) / SAMPLE_RATE
-        reused: Optional[DecodeOutcome] = None
         with self._lock:
-            state = self._open.get(utterance.utterance_id)
-            if state is None:
-                state = self._open_utterance(utterance)
-            if state.final_submitted:
-                return
-            if utterance.ended:
-                state.final_submitted = True
-                state.ended_at = now
-                state.duration = duration
-                self._previous_audio_end = utterance.audio_start + duration
-                speculation = self._valid_speculation(state, utterance)
-                if speculation is None:
-                    state.final_windows = split_windows(utterance.samples)
-                else:
-                    state.final_windows = speculation.request.windows  # fallback retries decode the same audio
-                state.final_results = [None] * len(state.final_windows)
-                state.final_attempts = [[] for _ in state.final_windows]
-                if speculation is None:
-                    request = self._request(state, state.final_windows, self._on_final, final=True,
-                                            temperature=self.config.temperatures[0])
-                elif speculation.outcome is None:
-                    speculation.claimed = True  # still decoding: _on_speculation finishes the final
-                    return
-                else:
-                    reused = speculation.outcome
-            else:
-                if state.speculation is not None and state.speculation.speech_end != utterance.speech_end:
-                    self._drop_speculation(state)  # speech resumed: that decode heard too little
-                if utterance.pause and self._speculate(state, utterance):
-                    return
-                if not self._partial_due(state, duration):
-                    return
-                state.last_partial_s = duration
-                # Mid-speech, the audio ends inside a word, and Whisper completes a cut word into
-                # whatever fits ("what your coun-" became a profanity in tiny.en's partial of
-                # JFK). At a pause the last word is whole, so only then is it shown.
-                on_done = functools.partial(self._on_partial, cut_mid_word=not utterance.pause)
-                request = self._request(state, split_windows(utterance.samples), on_done, final=False)
-                request.submitted = now
-        if reused is not None:
-            # decoded before the end was known: handle it here as the worker would have
-            self._on_final(reused)
-            return
-        # outside the lock: a final may block here while inference catches up (back-pressure)
-        self._scheduler.submit(request)
+            machine = self._open.get(utterance.utterance_id)
+            if machine is None:
+                continues = utterance.audio_start <= self._memory.previous_audio_end + _CUT_TOLERANCE_S
+                machine = LiveUtterance(utterance, self._engines.lease(), continues, self._settings)
+                self._open[utterance.utterance_id] = machine
+            later = self._carry_out(machine, machine.update(utterance, self._memory))
+        self._carry_out_unlocked(later)
 
     def speculation_counts(self) -> SpeculationCounts:
         """A consistent copy of the speculative-final counters (read from the health thread)."""
         with self._lock:
-            counts = self._speculations
+            counts = self._memory.speculations
             return SpeculationCounts(counts["started"], counts["reused"], counts["discarded"])
 
     def close(self) -> None:
         """Forget open utterances (stream stopped); their finals already queued still arrive."""
         with self._lock:
-            for state in self._open.values():
-                if not state.final_submitted:
-                    self._drop_speculation(state)
-                    state.lease.release()
-            self._open = {key: s for key, s in self._open.items() if s.final_submitted}
+            for machine in list(self._open.values()):
+                self._carry_out(machine, machine.close(self._memory))
 
-    def _open_utterance(self, utterance: Utterance) -> _Utterance:
-        state = _Utterance(
-            utterance_id=utterance.utterance_id,
-            lease=self._engines.lease(),
-            audio_start=utterance.audio_start,
-            wall_start=utterance.wall_start,
-            continues=utterance.audio_start <= self._previous_audio_end + _CUT_TOLERANCE_S,
-        )
-        self._open[utterance.utterance_id] = state
-        return state
-
-    def _partial_due(self, state: _Utterance, duration: float) -> bool:
-        if not self.config.partials:
-            return False
-        # measured in audio time, like the segmenter's updates (a little slack for frame rounding),
-        # so a replayed file at any speed yields the same partials as live audio
-        if duration - state.last_partial_s < self.config.partial_interval_s * 0.95:
-            return False
-        if self._scheduler.finals_waiting() >= self._scheduler.max_batch:
-            self.skipped_partials += 1  # inference is behind: finals first
-            return False
-        return True
-
-    def _speculate(self, state: _Utterance, utterance: Utterance) -> bool:
-        """Start the final's first decode at a pause; False if not started (then a partial may go)."""
-        if not self.config.speculative_final or utterance.speech_end is None:
-            return False
-        if self._scheduler.finals_waiting() >= self._scheduler.max_batch:
-            return False  # inference is behind: real finals first, this one may never be needed
-        self._drop_speculation(state)
-        request = self._request(state, split_windows(utterance.samples), self._on_speculation, final=True,
-                                temperature=self.config.temperatures[0])
-        # never wait for queue room here (timeout=0): a speculation is optional work
-        if not self._scheduler.submit(request, timeout=0):
-            return False
-        state.speculation = _Speculation(utterance.speech_end, request)
-        self._speculations["started"] += 1
-        return True
-
-    def _valid_speculation(self, state: _Utterance, ended: Utterance) -> Optional[_Speculation]:
-        """The speculation that can stand for this ended utterance's first decode, if any.
-
-        Valid when no speech came after the pause (same speech_end), its prompt is the one
-        the final would get now (a previous final may have finished since, with
-        condition_on_previous_text), and it did not fail.
-        """
-        speculation = state.speculation
-        valid = (
-            speculation is not None
-            and ended.speech_end is not None
-            and speculation.speech_end == ended.speech_end
-            and speculation.request.prompt == build_prompt(self.config, self._previous_text)
-            and (speculation.outcome is None or speculation.outcome.error is None)
-        )
-        if not valid:
-            self._drop_speculation(state)
-            return None
-        self._speculations["reused"] += 1
-        return speculation
-
-    def _drop_speculation(self, state: _Utterance) -> None:
-        if state.speculation is not None:
-            # if it is already being decoded, _on_speculation ignores the outcome
-            self._scheduler.withdraw(state.speculation.request)
-            state.speculation = None
-            self._speculations["discarded"] += 1
-
-    def _request(
-        self,
-        state: _Utterance,
-        windows: list[np.ndarray],
-        on_done: Callable[[DecodeOutcome], None],
-        final: bool,
-        temperature: float = 0.0,
-    ) -> DecodeRequest:
-        language = None if self.config.language == "auto" else self.config.language
-        return DecodeRequest(
-            key=state.utterance_id,
-            final=final,
-            windows=windows,
-            lease=state.lease,
-            on_done=on_done,
-            temperature=temperature,
-            language=language,
-            task=self.config.task,
-            prompt=build_prompt(self.config, self._previous_text),
-        )
-
-    # -- results (inference worker thread) ---------------------------------------------------
-
-    def _silent(self, result: Any) -> bool:
-        """openai-whisper's no-speech rule: both a likely-silence token and low confidence."""
-        return result.no_speech_prob > self.config.no_speech_threshold and result.avg_logprob < self.config.log_prob_threshold
-
-    def _looping(self, result: Any) -> bool:
-        return result.compression_ratio > self.config.compression_ratio_threshold
-
-    def _on_partial(self, outcome: DecodeOutcome, cut_mid_word: bool) -> None:
-        ready = time.monotonic()
+    def _deliver(self, outcome: DecodeOutcome) -> None:
+        """Every request's ``on_done`` (inference worker thread): hand the outcome to its utterance."""
         with self._lock:
-            state = self._open.get(outcome.request.key)
-            if state is None or state.final_submitted or outcome.error is not None:
-                return
-            kept = [r for r in outcome.results if not self._silent(r) and not self._looping(r)]
-            if len(kept) != len(outcome.results):
-                return  # a dubious hypothesis would only poison the agreement
-            words = self._dedupe(state, " ".join(r.text.strip() for r in kept).split())
-            if cut_mid_word:
-                words = words[:-1]  # also kept out of the agreement: a cut word must not turn stable
-            stable, tail = state.agreement.update(words)
-            if not stable and not tail:
-                return  # nothing to show yet
-            audio_end = state.audio_start + sum(len(w) for w in outcome.request.windows) / SAMPLE_RATE
-            event = self._event(state, "partial", stable, tail, kept, outcome, audio_end, ready - outcome.request.submitted)
-        self._emit(event)
+            machine = self._open.get(outcome.request.key)
+            if machine is None:
+                return  # the stream closed before it ended
+            later = self._carry_out(machine, machine.decoded(outcome, self._memory))
+        self._carry_out_unlocked(later)
 
-    def _on_speculation(self, outcome: DecodeOutcome) -> None:
-        with self._lock:
-            state = self._open.get(outcome.request.key)
-            speculation = state.speculation if state is not None else None
-            if speculation is None or speculation.request is not outcome.request:
-                return  # withdrawn too late: speech resumed or the stream closed
-            speculation.outcome = outcome
-            if not speculation.claimed:
-                return  # the ended update (or more speech) decides what it is worth
-        self._on_final(outcome)
-
-    def _on_final(self, outcome: DecodeOutcome) -> None:
-        with self._lock:
-            state = self._open.get(outcome.request.key)
-            if state is None:
-                return
-            if outcome.error is not None:
-                # the engine failed on this audio; say so rather than lose the utterance silently
-                log.error("%s: final of %s could not be decoded: %s", self.stream, state.utterance_id, outcome.error)
-                event = self._finish(state, outcome, [], [])
+    def _carry_out(self, machine: LiveUtterance, actions: list[Action]) -> list[Action]:
+        """Under the lock: the actions that never wait; returns those that may (in order)."""
+        later: list[Action] = []
+        todo = collections.deque(actions)
+        while todo:
+            action = todo.popleft()
+            if isinstance(action, Offer):
+                queued = (
+                    self._scheduler.finals_waiting() < self._scheduler.max_batch  # else inference is behind: finals first
+                    and self._scheduler.submit(action.request, timeout=0)
+                )
+                todo.extend(machine.answered(action.request, queued, self._memory))
+            elif isinstance(action, Withdraw):
+                self._scheduler.withdraw(action.request)
+            elif isinstance(action, Release):
+                action.lease.release()
             else:
-                retry = self._take_final_results(state, outcome)
-                if retry is not None:
-                    self._scheduler.submit(retry, urgent=True)
-                    return
-                event = self._finish(state, outcome, *self._final_words(state))
-        if event is not None:
-            self._emit(event)
+                later.append(action)
+        if machine.phase is Phase.DONE:
+            del self._open[machine.utterance_id]
+        return later
 
-    def _take_final_results(self, state: _Utterance, outcome: DecodeOutcome) -> Optional[DecodeRequest]:
-        """Keep results that pass the gates; returns the retry at the next temperature, if any.
-
-        When every temperature fails, the likeliest attempt that is not a repetition loop is
-        kept (as the offline pipeline does); a window that loops at every temperature is
-        dropped by ``_final_words``.
-        """
-        temperature = outcome.request.temperature
-        higher = [t for t in self.config.temperatures if t > temperature]
-        pending = [i for i, r in enumerate(state.final_results) if r is None]
-        retry_windows = []
-        for index, result in zip(pending, outcome.results):
-            state.final_attempts[index].append(result)
-            needs_fallback = not self._silent(result) and (
-                self._looping(result) or result.avg_logprob < self.config.log_prob_threshold
-            )
-            if not needs_fallback:
-                state.final_results[index] = result
-            elif higher:
-                retry_windows.append(index)
-            else:
-                attempts = state.final_attempts[index]
-                usable = [r for r in attempts if not self._looping(r)] or attempts
-                state.final_results[index] = max(usable, key=lambda r: r.avg_logprob)
-        if not retry_windows:
-            return None
-        log.debug("%s: %s: %d window(s) retried at temperature %.1f", self.stream, state.utterance_id, len(retry_windows), higher[0])
-        return self._request(
-            state, [state.final_windows[i] for i in retry_windows], self._on_final, final=True, temperature=higher[0]
-        )
-
-    def _final_words(self, state: _Utterance) -> tuple[list[str], list[Any]]:
-        kept = [r for r in state.final_results if not self._silent(r) and not self._looping(r)]
-        words = self._dedupe(state, " ".join(r.text.strip() for r in kept).split())
-        return words, kept
-
-    def _finish(self, state: _Utterance, outcome: DecodeOutcome, words: list[str], kept: list[Any]) -> Optional[TranscriptEvent]:
-        del self._open[state.utterance_id]
-        state.lease.release()
-        audio_end = state.audio_start + state.duration
-        # finals complete in submission order (retries jump the queue), so this is the
-        # utterance just before the next one to de-duplicate against
-        self._previous_words = words
-        if words:
-            self._previous_text = " ".join(words)
-        if not words and not state.published:
-            log.debug("%s: utterance %s gave no text (gated), nothing published", self.stream, state.utterance_id)
-            return None
-        # an utterance whose partials went out is always closed by a final, even an empty one
-        results = kept or state.final_results
-        return self._event(state, "final", words, [], [r for r in results if r is not None], outcome, audio_end, time.monotonic() - state.ended_at)
-
-    def _dedupe(self, state: _Utterance, words: list[str]) -> list[str]:
-        return strip_repeated_prefix(self._previous_words, words) if state.continues else words
-
-    def _event(
-        self,
-        state: _Utterance,
-        kind: str,
-        stable: list[str],
-        tail: list[str],
-        results: list[Any],
-        outcome: DecodeOutcome,
-        audio_end: float,
-        latency: float,
-    ) -> TranscriptEvent:
-        stable_text = " ".join(stable)
-        unstable_text = (" " if stable and tail else "") + " ".join(tail)
-        sequence = state.sequence
-        state.sequence += 1
-        state.published = True
-        return TranscriptEvent(
-            stream=self.stream,
-            utterance_id=state.utterance_id,
-            sequence=sequence,
-            kind=kind,
-            stable_text=stable_text,
-            unstable_text=unstable_text,
-            audio_start=state.audio_start,
-            audio_end=audio_end,
-            wall_start=state.wall_start,
-            wall_end=state.wall_start + (audio_end - state.audio_start),
-            language=_language(results, self.config.language),
-            confidence=_confidence(results),
-            model=outcome.model,
-            backend=outcome.backend,
-            latency_s=max(0.0, latency),
-        )
+    def _carry_out_unlocked(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Queue):
+                # a final may block here while inference catches up (back-pressure)
+                self._scheduler.submit(action.request, urgent=action.urgent)
+            elif isinstance(action, Publish):
+                self._emit(action.event)
 
 
 def _language(results: list[Any], configured: str) -> str:
@@ -533,23 +608,3 @@ def _confidence(results: list[Any]) -> Confidence:
         compression_ratio=float(max(r.compression_ratio for r in results)),
         temperature=float(max(r.temperature for r in results)),
     )
-
-
-def consume(capture: Any, segmenter: Any, transcriber: StreamTranscriber, stop: threading.Event, poll_s: float = 0.1) -> None:
-    """The consumer side of one stream: ring buffer -> segmenter -> transcriber.
-
-    Runs on its own thread until the capture has ended and is drained, or ``stop`` is set;
-    then flushes the open utterance so its final is not lost. ``transcriber.push`` blocks
-    when inference is far behind, and then audio piles up in the capture ring buffer,
-    which drops and reports it (GapEvent) when full.
-    """
-    while not stop.is_set():
-        block = capture.get(timeout=poll_s)
-        if block is None:
-            if capture.finished:
-                break
-            continue
-        for utterance in segmenter.push(block):
-            transcriber.push(utterance)
-    for utterance in segmenter.flush():
-        transcriber.push(utterance)

@@ -10,7 +10,7 @@ is decoded again at a higher temperature; a window the model judges silent is sk
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, pad_or_trim
 from edgescribe.engines.decoding import DecodingOptions, DecodingResult, decode
 from edgescribe.engines.model import WhisperModel
+from edgescribe.engines.quality_gates import QualityGates
 from edgescribe.engines.tokenizer import TIME_PRECISION
 
 log = logging.getLogger(__name__)
@@ -90,15 +91,6 @@ def transcribe(model: WhisperModel, audio: str | Path | np.ndarray, options: Tra
     return _SeekLoop(model, options).run(samples)
 
 
-@dataclass
-class _Window:
-    """One decoded window and what it contributes."""
-
-    result: DecodingResult
-    segments: list[Segment] = field(default_factory=list)
-    next_seek: int = 0
-
-
 class _SeekLoop:
     def __init__(self, model: WhisperModel, options: TranscribeOptions):
         self.model = model
@@ -106,6 +98,7 @@ class _SeekLoop:
         self.tokenizer = model.tokenizer
         self.begin = self.tokenizer.special.timestamp_begin
         self.fallbacks = 0
+        self.gates = QualityGates(options.compression_ratio_threshold, options.log_prob_threshold, options.no_speech_threshold)
 
     def run(self, samples: np.ndarray) -> Transcription:
         options = self.options
@@ -132,7 +125,7 @@ class _SeekLoop:
                 language = result.language
                 language_probability = (result.language_probs or {}).get(language)
                 log.info("detected language %s (p=%.2f)", language, language_probability or 0.0)
-            if self._is_silent(result):
+            if self.gates.is_silent(result):
                 log.debug("window at %.2f s: no speech (p=%.2f)", seek / FRAMES_PER_SECOND, result.no_speech_prob)
                 seek += size
                 continue
@@ -186,23 +179,13 @@ class _SeekLoop:
             attempts.append(result)
             if number > 0:
                 self.fallbacks += 1
-            if not self._needs_fallback(result):
+            if not self.gates.needs_fallback(result):
                 return result
-        # every temperature failed: the likeliest result that is not repetitive, if any
-        passing = [r for r in attempts if o.compression_ratio_threshold is None or r.compression_ratio <= o.compression_ratio_threshold]
-        best = replace(max(passing or attempts, key=lambda r: r.avg_logprob), temperature=o.temperatures[-1])
-        if o.drop_failed_windows and o.log_prob_threshold is not None and best.avg_logprob < o.log_prob_threshold:
+        best = replace(self.gates.best_of_failed(attempts), temperature=o.temperatures[-1])
+        if o.drop_failed_windows and self.gates.is_unlikely(best):
             log.debug("every temperature failed (best avg logprob %.2f): treating the window as noise", best.avg_logprob)
             return replace(best, tokens=[], text="", spans=[])
         return best  # the hottest temperature tried governs the prompt reset
-
-    def _needs_fallback(self, result: DecodingResult) -> bool:
-        o = self.options
-        too_repetitive = o.compression_ratio_threshold is not None and result.compression_ratio > o.compression_ratio_threshold
-        too_unlikely = o.log_prob_threshold is not None and result.avg_logprob < o.log_prob_threshold
-        if too_unlikely and o.no_speech_threshold is not None and result.no_speech_prob > o.no_speech_threshold:
-            return False  # silence: unlikely text is expected, a hotter decode will not help
-        return too_repetitive or too_unlikely
 
     def _is_quiet(self, samples: np.ndarray) -> bool:
         threshold = self.options.silence_threshold_db
@@ -210,13 +193,6 @@ class _SeekLoop:
             return threshold is not None
         rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
         return rms < 10 ** (threshold / 20)
-
-    def _is_silent(self, result: DecodingResult) -> bool:
-        o = self.options
-        if o.no_speech_threshold is None or result.no_speech_prob <= o.no_speech_threshold:
-            return False
-        # a confident transcript outweighs the no-speech probability
-        return not (o.log_prob_threshold is not None and result.avg_logprob > o.log_prob_threshold)
 
     def _segments(self, result: DecodingResult, seek: int, size: int) -> tuple[list[Segment], int]:
         """The window's segments in recording time, and where the next window starts."""

@@ -17,7 +17,7 @@ from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.scheduler import InferenceScheduler
 from edgescribe.daemon.streaming import StreamTranscriber
 from edgescribe.engines.audio import load_audio
-from edgescribe.engines.scoring import corpus_counts
+from tests.fixtures.scoring import corpus_counts
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 from tests.fixtures.models import tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401

@@ -23,7 +23,7 @@ from edgescribe.daemon.pipeline import StreamPipeline
 from edgescribe.daemon.streaming import StreamTranscriber
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.decoding import decode
-from edgescribe.engines.scoring import corpus_counts, read_transcripts, wer
+from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
     THREADS,
@@ -218,7 +218,7 @@ def _utterance(stream, key, audio, ended, start=0.0):
 
 
 def test_serving_switches_from_tiny_to_base_between_utterances(corpus, tiny_en_package, base_package):  # noqa: F811
-    from edgescribe.engines.model import load_model
+    from edgescribe.engines.backend import load_model
 
     base_dir = base_package.dir
     upgrade_may_finish = threading.Event()
@@ -264,7 +264,7 @@ def test_an_upgrade_that_fails_to_load_keeps_the_serving_model(tmp_path, tiny_en
 
     def load(path):
         if Path(path) == broken:
-            from edgescribe.engines.model import load_model
+            from edgescribe.engines.backend import load_model
 
             return load_model(path)  # raises ModelPackageError: no manifest
         return tiny_en_model

@@ -19,6 +19,7 @@ from edgescribe.daemon.capture import AlsaSource, CaptureStream
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import GapEvent
+from edgescribe.daemon.pipeline import consume
 from edgescribe.daemon.ring_buffer import AudioBlock
 from edgescribe.daemon.scheduler import InferenceScheduler
 from edgescribe.daemon.segmenter import PAUSE_AFTER_S, Segmenter, Utterance
@@ -27,14 +28,13 @@ from edgescribe.daemon.streaming import (
     StreamTranscriber,
     build_prompt,
     common_prefix,
-    consume,
     split_windows,
     strip_repeated_prefix,
 )
 from edgescribe.daemon.vad import SileroVad
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.decoding import compression_ratio, decode
-from edgescribe.engines.scoring import corpus_counts, read_transcripts, wer
+from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.alsa import SPEECH_FILE, AlsaDevices, alsa_devices  # noqa: F401
 from tests.fixtures.models import tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
@@ -117,7 +117,7 @@ def test_repeated_words_at_a_cut_are_stripped():
 def test_prompt_puts_hotwords_first_and_previous_text_only_when_enabled():
     config = TranscriptionConfig(initial_prompt="Line 3 torque check.", hotwords=["Orin", "spindle"])
     assert build_prompt(config, "earlier words") == "Orin spindle Line 3 torque check."
-    config.condition_on_previous_text = True
+    config = config.model_copy(update={"condition_on_previous_text": True})
     assert build_prompt(config, "earlier words") == "Orin spindle Line 3 torque check. earlier words"
     assert build_prompt(TranscriptionConfig()) == ""
 
@@ -350,6 +350,28 @@ def test_a_result_that_loops_at_every_temperature_is_dropped(corpus, tiny_en_mod
     assert events.finals() == []  # nothing was published for it, so no final is owed
 
 
+def test_a_likely_silent_result_at_the_log_probability_threshold_is_dropped_and_not_retried(corpus, tiny_en_model):
+    """The live path judges silence by openai-whisper's rule, as the offline pipeline does
+    (engines/quality_gates.py): at exactly ``log_prob_threshold`` the text is not confident."""
+    seen = []
+
+    def at_threshold(model, mel, options):
+        seen.extend(option.temperature for option in options)
+        return [dataclasses.replace(r, no_speech_prob=0.9, avg_logprob=-1.0) for r in decode(model, mel, options)]
+
+    config = TranscriptionConfig(partials=False)
+    assert (config.no_speech_threshold, config.log_prob_threshold) == (0.6, -1.0)
+    scheduler = InferenceScheduler(decode=at_threshold)
+    scheduler.start()
+    try:
+        audio = load_audio_file(corpus, "ls_1089-134691-0000")
+        events = _final_of(tiny_en_model, scheduler, config, Utterance("mic", "u1", 0.0, 0.0, audio, True))
+    finally:
+        scheduler.stop()
+    assert seen == [0.0]  # silence explains the low probability: no hotter decode
+    assert events.finals() == []  # and it is silence, not text
+
+
 def test_a_burst_shorter_than_the_segmenters_min_speech_is_never_decoded(corpus, tiny_en_model):
     """One gate decides what is too short to transcribe: the segmenter's min_speech_s."""
     audio = load_audio_file(corpus, "ls_1089-134691-0000")
@@ -401,7 +423,7 @@ def test_partials_are_skipped_while_finals_wait_and_no_final_is_dropped(corpus, 
     for number in range(3):  # three utterances ended and are waiting for inference
         transcriber.push(Utterance("mic", f"u{number}", 3.0 * number, 3.0 * number, audio, True))
     transcriber.push(Utterance("mic", "u3", 9.0, 9.0, audio[:16000], False))
-    assert scheduler.pending() == (3, 0) and transcriber.skipped_partials == 1
+    assert scheduler.pending() == (3, 0)  # the partial was not queued
     scheduler.start()
     try:
         assert scheduler.wait_idle(120)

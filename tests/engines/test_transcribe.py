@@ -12,7 +12,7 @@ import pytest
 from edgescribe.engines import transcribe_command
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.errors import AudioInputError, EdgescribeError, ModelPackageError
-from edgescribe.engines.scoring import read_transcripts, wer
+from tests.fixtures.scoring import read_transcripts, wer
 from edgescribe.engines.transcribe import Segment, TranscribeOptions, transcribe
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 from tests.fixtures.whisper_models import base_model, tiny_en_model  # noqa: F401  (fixtures)
