@@ -77,11 +77,22 @@ class ModelEvent:
 
 @dataclass(frozen=True)
 class OutboxDropEvent:
-    """The durable outbox hit its bound and dropped its oldest entries."""
+    """Messages were lost: the outbox hit a bound and dropped its oldest entries ("size", "age"),
+    or a stop found messages it could neither store (disk full) nor deliver ("unstored")."""
 
     dropped: int
-    reason: Literal["size", "age"]
+    reason: Literal["size", "age", "unstored"]
     wall_time: float
 
 
-Event = Union[TranscriptEvent, GapEvent, StreamStateEvent, ModelEvent, OutboxDropEvent]
+@dataclass(frozen=True)
+class OutboxDamagedEvent:
+    """The outbox database could not be opened; it was moved aside and a fresh one started."""
+
+    moved_to: str  # where the damaged file now is (kept for inspection)
+    recovered: int  # rows read back from it into the fresh outbox
+    detail: str  # what was wrong, e.g. "file is not a database"
+    wall_time: float
+
+
+Event = Union[TranscriptEvent, GapEvent, StreamStateEvent, ModelEvent, OutboxDropEvent, OutboxDamagedEvent]

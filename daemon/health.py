@@ -48,7 +48,6 @@ class StreamHealth:
     level_dbfs: Optional[float]  # input level over the last interval; None before any audio
     xruns: int
     dropped_audio_s: float
-    utterances: int
     partials: int
     finals: int
     # final decodes started at a pause, and what became of them

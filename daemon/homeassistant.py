@@ -2,8 +2,10 @@
 
 Each sensor reads the retained health topic with a ``value_template``, so no extra
 messages are sent per interval; discovery configs are retained and re-announced after
-every connect. Availability follows ``<prefix>/<device_id>/availability``: ``online``
-is available, ``offline`` (will) and ``stopped`` (clean stop) are not.
+every connect and whenever Home Assistant announces itself (its birth message, ``online``
+on ``<discovery_prefix>/status``, sent when it starts). Availability follows
+``<prefix>/<device_id>/availability``: ``online`` is available, ``offline`` (will) and
+``stopped`` (clean stop) are not.
 """
 
 from __future__ import annotations
@@ -89,7 +91,8 @@ def discovery_messages(config: HomeAssistantConfig, topics: Topics, version: str
 
 
 def enable(config: HomeAssistantConfig, publisher: Publisher, version: str) -> None:
-    """Announce the sensors after every connect (retained, so HA finds them after its own restarts)."""
+    """Announce the sensors after every connect and on Home Assistant's birth message (retained,
+    so HA also finds them after restarts that send no birth)."""
     messages = discovery_messages(config, publisher.topics, version)
 
     def announce() -> None:
@@ -97,4 +100,9 @@ def enable(config: HomeAssistantConfig, publisher: Publisher, version: str) -> N
             publisher.publish_raw(topic, payload, retain=True)
         log.info("home assistant discovery: announced %d sensors under %s/", len(messages), config.discovery_prefix)
 
+    def on_status(payload: bytes) -> None:
+        if payload.strip() == b"online":
+            announce()
+
     publisher.add_connect_hook(announce)
+    publisher.subscribe(f"{config.discovery_prefix}/status", on_status)

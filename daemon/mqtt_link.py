@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import secrets
 import ssl
 import threading
 import time
@@ -33,6 +34,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgescribe.daemon.config.mqtt import MqttConfig
+from edgescribe.daemon.config.secrets import read_password
 from edgescribe.engines.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -61,28 +63,29 @@ class Message:
     retain: bool
 
 
-def read_password(config: MqttConfig, environ: Optional[dict[str, str]] = None) -> Optional[str]:
-    """The password from ``password_credential`` (systemd) or ``password_file``; None if neither is set."""
-    environ = os.environ if environ is None else environ
-    if config.password_credential:
-        directory = environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ConfigError(
-                f"mqtt.password_credential: '{config.password_credential}' is set but $CREDENTIALS_DIRECTORY is not "
-                "(run under systemd with LoadCredential=, or use mqtt.password_file)")
-        path = Path(directory) / config.password_credential
-        key = "mqtt.password_credential"
-    elif config.password_file:
-        path, key = Path(config.password_file), "mqtt.password_file"
-    else:
-        return None
+def private_client_id(state_dir: Path, device_id: str) -> str:
+    """``edgescribe-<device_id>-<random>``: readable, but not guessable by another local process
+    (which could otherwise connect with it and so disconnect the daemon). The random part is
+    made once and kept private in the state directory, so the broker sees one client across
+    restarts; if it cannot be kept, a fresh one is used for this run."""
+    path = state_dir / "mqtt-client-id"
+    prefix = f"edgescribe-{device_id}-"
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        stored = path.read_text(encoding="ascii").strip()
+        if stored.startswith(prefix) and len(stored) > len(prefix):
+            return stored
+    except (OSError, UnicodeDecodeError):
+        pass
+    client_id = prefix + secrets.token_hex(6)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as file:
+            file.write(client_id + "\n")
     except OSError as error:
-        raise ConfigError(f"{key}: cannot read {path}: {error.strerror or error}") from None
-    if not lines or not lines[0]:
-        raise ConfigError(f"{key}: {path} is empty (the password must be on its first line)")
-    return lines[0]
+        log.warning("cannot keep the mqtt client id in %s (%s); using %s for this run", path,
+                    error.strerror or error, client_id)
+    return client_id
 
 
 def describe_connect_failure(error: BaseException) -> str:
@@ -120,6 +123,8 @@ class MqttLink:
         self._aliases: dict[str, int] = {}  # link thread only
         self._refused = False  # the broker refused the current connection attempt (link thread only)
         self._alias_max = 0
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
+        self._subscribe_due = False  # (re)subscribe in the link thread at its next turn
         self.pump: Callable[[], None] = lambda: None
         self.on_acknowledged: Callable[[int, bool], None] = lambda mid, ok: None
 
@@ -155,6 +160,7 @@ class MqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -180,6 +186,12 @@ class MqttLink:
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Deliver messages on ``topic`` to ``handler`` (link thread), on this and every later connection."""
+        with self._lock:
+            self._subscriptions[topic] = handler
+            self._subscribe_due = True
 
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
@@ -270,12 +282,20 @@ class MqttLink:
                     self._record_error(f"connection lost ({mqtt.error_string(rc)})")
                 return
             if self._connected.is_set():
+                self._subscribe_if_due()
                 try:
                     self.pump()
                 except Exception:  # a bug in the pump must not take the connection down with it
                     log.exception("mqtt publisher pump failed")
         if self._connected.is_set():
             self._say_stopped()
+
+    def _subscribe_if_due(self) -> None:
+        with self._lock:
+            topics = list(self._subscriptions) if self._subscribe_due else []
+            self._subscribe_due = False
+        if topics:
+            self._client.subscribe([(topic, 0) for topic in topics])
 
     def _say_stopped(self, timeout: float = 2.0) -> None:
         self.pump()
@@ -314,11 +334,21 @@ class MqttLink:
             self._connections += 1
             if self._last_error:
                 log.info("mqtt broker %s:%s: connected", self.config.host, self.config.port)
+            self._subscribe_due = bool(self._subscriptions)
         client.publish(self.availability_topic, AVAILABILITY_ONLINE, qos=1, retain=True)
         self._connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            handler = self._subscriptions.get(message.topic)
+        if handler is not None:
+            try:
+                handler(message.payload)
+            except Exception:  # a bad handler must not take the connection down
+                log.exception("handling mqtt message on %s failed", message.topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         ok = not reason_code.is_failure

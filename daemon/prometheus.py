@@ -63,7 +63,7 @@ class HealthCollector:
                                       outbox["write_errors"])
         streams = s.get("streams") or {}
         for key, doc in (("level_dbfs", "Input level (dBFS)"), ("xruns", "Capture overruns"),
-                         ("dropped_audio_s", "Audio lost before inference (s)"), ("utterances", "Utterances"),
+                         ("dropped_audio_s", "Audio lost before inference (s)"),
                          ("partials", "Partial transcripts"), ("finals", "Final transcripts")):
             family = GaugeMetricFamily(f"edgescribe_stream_{key}", doc, labels=["stream"])
             for name, stream in streams.items():

@@ -1,10 +1,12 @@
 """The one dispatcher of outbound messages: topics, JSON payloads, sequence numbers.
 
 Finals and events are written to the durable outbox (which assigns the device-wide
-``seq``) before paho ever sees them and leave it only on the broker's acknowledgement.
-Partials and health snapshots are ephemeral: QoS 0, kept in a small in-memory queue
-and dropped while the broker is unreachable. ``publish`` is thread-safe and never
-waits on the network; all paho calls happen in the link thread (``_pump``).
+``seq``) before paho ever sees them and leave it only on the broker's acknowledgement;
+while the disk refuses writes they are held in memory and sent all the same. Partials
+and health snapshots are ephemeral: QoS 0, kept in a small in-memory queue and dropped
+while the broker is unreachable. ``publish`` writes the outbox, so the daemon calls it
+from its one dispatcher thread (daemon/dispatcher.py), never from capture or inference;
+it never waits on the network: all paho calls happen in the link thread (``_pump``).
 
 Delivery is at-least-once: a message whose PUBACK was lost is sent again (by paho after
 a reconnect, or from the outbox after a restart), so consumers de-duplicate by ``seq``.
@@ -26,16 +28,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgescribe.daemon.config.mqtt import MqttConfig
-from edgescribe.daemon.events import Event, GapEvent, ModelEvent, OutboxDropEvent, StreamStateEvent, TranscriptEvent
-from edgescribe.daemon.mqtt_link import Message, MqttLink
+from edgescribe.daemon.events import (
+    Event, GapEvent, ModelEvent, OutboxDamagedEvent, OutboxDropEvent, StreamStateEvent, TranscriptEvent,
+)
+from edgescribe.daemon.mqtt_link import Message, MqttLink, private_client_id
 from edgescribe.daemon.outbox import Outbox, OutboxEntry, OutboxLimits
-from edgescribe.engines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 _TOPIC_UNSAFE = re.compile(r"[/+#\x00]")
-_DEVICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _DROP_REPORT_INTERVAL_S = 5.0  # at most one OutboxDropEvent per this many seconds
 _OPEN_UTTERANCES = 256  # partial state kept for this many utterances at most
 _EPHEMERAL_QUEUE = 256  # partials/health waiting for the link thread; oldest dropped beyond
@@ -49,17 +51,10 @@ def iso_utc(posix_seconds: float) -> str:
 
 @dataclass(frozen=True)
 class Topics:
-    """Topic names under ``<prefix>/<device_id>/``."""
+    """Topic names under ``<prefix>/<device_id>/`` (both as the validated config has them)."""
 
     prefix: str
     device_id: str
-
-    def __post_init__(self) -> None:
-        if not _DEVICE_ID.match(self.device_id):
-            raise ConfigError(f"device_id: '{self.device_id}' must be 1-64 letters, digits, '_', '-' or '.' "
-                              "(it becomes an MQTT topic level)")
-        if not self.prefix.strip("/") or re.search(r"[+#\x00]", self.prefix):
-            raise ConfigError(f"mqtt.topic_prefix: '{self.prefix}' must be non-empty and free of '+' and '#'")
 
     @property
     def base(self) -> str:
@@ -80,6 +75,12 @@ class Topics:
     def transcript(self, stream: str, kind: str) -> str:
         # Stream names come from the config; a '/' or wildcard would change the topic tree.
         return f"{self.base}/transcript/{_TOPIC_UNSAFE.sub('_', stream)}/{kind}"
+
+
+@dataclass
+class _ConnectHook:
+    run: Callable[[], None]
+    connection: int = 0  # the link's connection count it last ran for
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def partial_payload(event: TranscriptEvent, stable_offset: int) -> dict:
     }
 
 
-_EVENT_TYPES = {GapEvent: "gap", StreamStateEvent: "stream_state", ModelEvent: "model", OutboxDropEvent: "outbox_drop"}
+_EVENT_TYPES = {GapEvent: "gap", StreamStateEvent: "stream_state", ModelEvent: "model", OutboxDropEvent: "outbox_drop",
+                OutboxDamagedEvent: "outbox_damaged"}
 
 
 def event_payload(event: Event, device_id: str, seq: int) -> dict:
@@ -155,14 +157,12 @@ def encode(payload: dict) -> bytes:
 
 class Publisher:
     def __init__(self, topics: Topics, outbox: Outbox, link: MqttLink, *, drain_rate: float = 50.0,
-                 inflight_window: int = 20, publish_partials: bool = True, health_retain: bool = True,
-                 clock: Callable[[], float] = time.time):
+                 inflight_window: int = 20, health_retain: bool = True, clock: Callable[[], float] = time.time):
         self.topics = topics
         self.outbox = outbox
         self.link = link
         self.drain_rate = drain_rate
         self.inflight_window = inflight_window
-        self.publish_partials = publish_partials
         self.health_retain = health_retain
         self._clock = clock
         self._lock = threading.Lock()
@@ -178,8 +178,7 @@ class Publisher:
         self._drops_reported_at = float("-inf")
         self._counts = dict(finals=0, events=0, partials_sent=0, partials_dropped=0, health_sent=0, acked=0,
                             rejected=0)
-        self._on_connect_hooks: list[Callable[[], None]] = []
-        self._seen_connections = 0
+        self._on_connect_hooks: list[_ConnectHook] = []
         link.pump = self._pump
         link.on_acknowledged = lambda mid, ok: self._acks.put((mid, ok))
 
@@ -191,17 +190,27 @@ class Publisher:
         limits = OutboxLimits(max_entries=mqtt_config.outbox_max_entries,
                               max_bytes=int(mqtt_config.outbox_max_mb * 1024 * 1024),
                               max_age_s=mqtt_config.outbox_max_age_h * 3600.0)
-        link = MqttLink(mqtt_config, topics.availability, mqtt_config.client_id or f"edgescribe-{device_id}", environ)
         outbox = Outbox(Path(state_dir) / "outbox.sqlite3", limits)
+        client_id = mqtt_config.client_id or private_client_id(Path(state_dir), device_id)
+        link = MqttLink(mqtt_config, topics.availability, client_id, environ)
         return cls(topics, outbox, link, drain_rate=mqtt_config.drain_rate, inflight_window=mqtt_config.inflight_window,
-                   publish_partials=mqtt_config.publish_partials, health_retain=health_retain)
+                   health_retain=health_retain)
 
     def start(self) -> None:
+        damage = self.outbox.damage
+        if damage is not None:
+            self.publish(OutboxDamagedEvent(str(damage.moved_to), damage.recovered, damage.detail, self._clock()))
+        self._report_drops(force=True)  # including messages a previous stop could not keep
         self.link.start()
 
     def stop(self, timeout: float = 3.0) -> None:
-        """Report pending drops, publish ``stopped``, disconnect; unsent messages stay in the outbox."""
+        """Report pending drops, deliver what the disk refused (while the broker is up), publish
+        ``stopped``, disconnect; stored unsent messages stay in the outbox, and what could be
+        neither stored nor delivered is logged and reported at the next start."""
         self._report_drops(force=True)
+        deadline = time.monotonic() + timeout
+        while self.outbox.held() and self.link.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.link.stop(timeout)
         self._settle_acks()
         self.outbox.close()
@@ -212,18 +221,17 @@ class Publisher:
         """Queue one event for the broker; finals and events are durable when this returns."""
         now = self._clock()
         if isinstance(event, TranscriptEvent) and event.kind == "partial":
-            if self.publish_partials:
+            with self._lock:
+                sent = self._stable_sent.get(event.utterance_id, "")
+            # A stable text that did not grow from the last one (never expected) is resent whole.
+            offset = len(sent) if event.stable_text.startswith(sent) else 0
+            message = Message(self.topics.transcript(event.stream, "partial"), encode(partial_payload(event, offset)),
+                              qos=0, retain=False)
+            if self._queue_ephemeral(message):
                 with self._lock:
-                    sent = self._stable_sent.get(event.utterance_id, "")
-                # A stable text that did not grow from the last one (never expected) is resent whole.
-                offset = len(sent) if event.stable_text.startswith(sent) else 0
-                message = Message(self.topics.transcript(event.stream, "partial"), encode(partial_payload(event, offset)),
-                                  qos=0, retain=False)
-                if self._queue_ephemeral(message):
-                    with self._lock:
-                        self._stable_sent[event.utterance_id] = event.stable_text
-                        while len(self._stable_sent) > _OPEN_UTTERANCES:  # utterances whose final never came
-                            del self._stable_sent[next(iter(self._stable_sent))]
+                    self._stable_sent[event.utterance_id] = event.stable_text
+                    while len(self._stable_sent) > _OPEN_UTTERANCES:  # utterances whose final never came
+                        del self._stable_sent[next(iter(self._stable_sent))]
             return
         if isinstance(event, TranscriptEvent):
             with self._lock:
@@ -250,8 +258,23 @@ class Publisher:
         self._queue_ephemeral(Message(topic, payload, qos=0, retain=retain))
 
     def add_connect_hook(self, hook: Callable[[], None]) -> None:
-        """Call ``hook`` (in the link thread) after every connect, e.g. to re-announce discovery."""
-        self._on_connect_hooks.append(hook)
+        """Call ``hook`` (in the link thread) after every connect, e.g. to re-announce discovery;
+        added while connected, it runs at once for the current connection."""
+        with self._lock:
+            self._on_connect_hooks.append(_ConnectHook(hook))
+
+    def subscribe(self, topic: str, handler: Callable[[bytes], None]) -> None:
+        """Call ``handler(payload)`` (in the link thread) for every message on ``topic`` (QoS 0)."""
+        self.link.subscribe(topic, handler)
+
+    def maintain(self) -> None:
+        """Retry deletes and writes a disk failure left undone, expire old entries, report drops.
+
+        The link thread calls it while connected; the daemon's dispatcher also calls it
+        every second, so held messages reach the disk even while the broker is away."""
+        self.outbox.retry()
+        self.outbox.expire()
+        self._report_drops()
 
     def stats(self) -> PublisherStats:
         with self._lock:
@@ -281,8 +304,10 @@ class Publisher:
                 return
             self._drops_reported_at = time.monotonic()
         now = self._clock()
-        log.warning("outbox full: dropped %d oldest message(s) (size bound) and %d (age bound)", drops.size, drops.age)
-        for reason, count in (("size", drops.size), ("age", drops.age)):
+        if drops.size or drops.age:
+            log.warning("outbox full: dropped %d oldest message(s) (size bound) and %d (age bound)", drops.size,
+                        drops.age)
+        for reason, count in (("size", drops.size), ("age", drops.age), ("unstored", drops.unstored)):
             if count:
                 # Its own insertion may drop one more entry: the outbox keeps that for the next report.
                 self.publish(OutboxDropEvent(dropped=count, reason=reason, wall_time=now))
@@ -303,10 +328,13 @@ class Publisher:
     def _pump(self) -> None:
         """Link thread, while connected: settle acks, send ephemeral messages, drain the outbox."""
         self._settle_acks()
-        if self.link.connections != self._seen_connections:
-            self._seen_connections = self.link.connections
-            for hook in self._on_connect_hooks:
-                hook()
+        connections = self.link.connections
+        with self._lock:
+            due = [hook for hook in self._on_connect_hooks if hook.connection != connections]
+            for hook in due:
+                hook.connection = connections
+        for hook in due:
+            hook.run()
         while True:
             with self._lock:
                 if not self._ephemeral:
@@ -325,12 +353,17 @@ class Publisher:
         room = min(self.inflight_window - len(self._in_flight), int(self._tokens))
         if room <= 0:
             return
-        for entry in self.outbox.pending(self._last_handed_id, room):
+        stored = self.outbox.pending(self._last_handed_id, room)
+        for entry in stored:
             self._hand(entry)
+        if room > len(stored):
+            for entry in self.outbox.take_held(room - len(stored)):
+                self._hand(entry)
 
     def _hand(self, entry: OutboxEntry) -> None:
         mid = self.link.publish(Message(entry.topic, entry.payload, entry.qos, entry.retain))
-        self._last_handed_id = entry.id
+        if entry.id > 0:
+            self._last_handed_id = entry.id
         self._tokens -= 1
         if mid is None:
             # paho refused it (e.g. payload too large): nothing will ever ack it.
@@ -345,6 +378,4 @@ class Publisher:
         if now - self._housekeeping_at < 1.0:
             return
         self._housekeeping_at = now
-        self.outbox.retry_held()
-        self.outbox.expire()
-        self._report_drops()
+        self.maintain()

@@ -22,6 +22,6 @@ def run(args) -> int:
 
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.target, verbose=args.verbose)
-    service = Service(config, once=args.once, print_events=args.print_events)
+    service = Service(config, config_path=args.config, once=args.once, print_events=args.print_events)
     install_signal_handlers(service)
     return service.run()

@@ -1,14 +1,23 @@
 """The daemon: wires capture -> segmenter -> streaming transcriber -> publisher, and keeps it healthy.
 
 Every component is built here from its config section and handed what it needs; none of
-them knows about the others. Events flow one way into ``Service.emit``, which counts them
-for health and hands them to the publisher (the one outbound dispatcher).
+them knows about the others. Events flow one way into ``Service.emit``, which only queues
+them for the one dispatcher thread (daemon/dispatcher.py): capture and inference threads
+never touch a disk or a socket. The dispatcher thread counts them for health and hands
+them to the publisher, which writes finals and events to the outbox and queues them for
+MQTT.
 
 Start-up order follows what systemd's READY=1 promises: the broker link starts first (its
 outbox takes events even while the broker is away), then the model is loaded, then audio
-is opened, and only then READY. Shutdown runs the other way so nothing captured is lost:
-capture stops, each stream's open utterance is flushed, queued finals are decoded, and
-the publisher writes them to the outbox before it closes.
+is opened, and READY is sent once every stream is up or reported down with its reason.
+Shutdown runs the other way so nothing captured is lost: capture stops, each stream's
+open utterance is flushed, queued finals are decoded, the dispatcher hands everything to
+the publisher, and the publisher delivers or stores it before it closes.
+
+SIGHUP re-reads the configuration file. An invalid file is rejected with the same lines
+``check-config`` prints and the daemon runs on unchanged. Of a valid file, the keys in
+``LIVE_KEYS`` take effect at once; every other changed key is named in one log line
+saying a restart is needed.
 """
 
 from __future__ import annotations
@@ -19,21 +28,27 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
-from edgescribe.daemon.config import Config
-from edgescribe.daemon.events import Event, TranscriptEvent
+from pydantic import BaseModel
+
+from edgescribe.daemon.config import Config, load_config
+from edgescribe.daemon.dispatcher import Dispatcher
+from edgescribe.daemon.events import Event, StreamStateEvent, TranscriptEvent
 from edgescribe.daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth, package_version
 from edgescribe.daemon.notify import Notifier, Progress
 from edgescribe.daemon.pipeline import StreamPipeline
-from edgescribe.daemon.publisher import Publisher
+from edgescribe.daemon.publisher import Publisher, PublisherStats
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler
+from edgescribe.engines.errors import EdgescribeError
 
 log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 200  # finals kept for the latency percentiles in health
+STREAM_OPEN_TIMEOUT_S = 15.0  # READY waits at most this long for every stream to be up or down
+LIVE_KEYS = ("logging.level",)  # applied by SIGHUP; every other key needs a restart
 
 
 @dataclass
@@ -47,18 +62,24 @@ class _Counts:
 
 
 class Service:
-    def __init__(self, config: Config, *, once: bool = False, print_events: bool = False):
+    def __init__(self, config: Config, *, config_path: Optional[str] = None, once: bool = False,
+                 print_events: bool = False):
         self.config = config
+        self.config_path = config_path  # re-read on SIGHUP
         self.once = once  # stop when every (file) source has ended: demos and tests
         self.print_events = print_events
         self.state_dir = Path(config.service.state_dir)
         self._stop = threading.Event()
+        self._reload = threading.Event()
         self._lock = threading.Lock()
         self._counts = _Counts()
+        self._stream_details: dict[str, str] = {}  # the last up/down detail of each stream (for READY)
         self._started = time.monotonic()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # transcripts: private
         self.publisher = Publisher.from_config(
             config.mqtt, config.device_id, self.state_dir, health_retain=config.health.retain
         )
+        self.dispatcher = Dispatcher(self._dispatch, idle=self.publisher.maintain)
         self.engines = EngineManager.from_config(config.models, config.engine, emit=self.emit)
         self.scheduler = InferenceScheduler(
             max_batch=config.engine.max_batch, max_pending_finals=config.transcription.max_pending_finals
@@ -80,13 +101,21 @@ class Service:
                 inference=self._inference_health,
                 outbox=self.publisher.outbox.stats,
                 mqtt=self.publisher.link.stats,
-                messages=self.publisher.stats,
+                messages=self._message_stats,
             ),
         )
 
     # -- the one inbound path for everything that goes out ------------------------------------
 
     def emit(self, event: Event) -> None:
+        """Called on capture, inference and engine threads: queue the event and return at once."""
+        if isinstance(event, StreamStateEvent):
+            with self._lock:
+                self._stream_details[event.stream] = event.detail
+        self.dispatcher.submit(event)
+
+    def _dispatch(self, event: Event) -> None:
+        """The dispatcher thread: count for health, print if asked, publish (outbox write)."""
         if isinstance(event, TranscriptEvent):
             with self._lock:
                 if event.kind == "final":
@@ -102,7 +131,12 @@ class Service:
     # -- life cycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.homeassistant.enabled:
+            # before the link starts, so the first connect already announces discovery
+            from edgescribe.daemon import homeassistant
+
+            homeassistant.enable(self.config.homeassistant, self.publisher, package_version())
+        self.dispatcher.start()
         self.publisher.start()
         try:
             self.notifier.status("loading model")
@@ -111,7 +145,11 @@ class Service:
             self.notifier.status("opening audio")
             for stream_config in self.config.streams:
                 self._start_stream(stream_config)
-            self._start_optional_endpoints()
+            self._await_streams()
+            if self.config.prometheus.enabled:
+                from edgescribe.daemon import prometheus
+
+                prometheus.serve(self.config.prometheus, self.health)
             self.health.start()
             summary = self._summary()
             log.info("ready: %s", summary)
@@ -124,6 +162,10 @@ class Service:
     def stop(self) -> None:
         self._stop.set()
 
+    def request_reload(self) -> None:
+        """Re-read the configuration soon (from the main loop, not the signal handler)."""
+        self._reload.set()
+
     def _start_stream(self, stream_config) -> None:
         c = self.config
         pipeline = StreamPipeline.build(
@@ -132,21 +174,51 @@ class Service:
         pipeline.start()
         self.streams[pipeline.name] = pipeline
 
-    def _start_optional_endpoints(self) -> None:
-        if self.config.homeassistant.enabled:
-            from edgescribe.daemon import homeassistant
-
-            homeassistant.enable(self.config.homeassistant, self.publisher, package_version())
-        if self.config.prometheus.enabled:
-            from edgescribe.daemon import prometheus
-
-            prometheus.serve(self.config.prometheus, self.health)
+    def _await_streams(self) -> None:
+        """Until every stream is up, or down with its reason known (a missing microphone is
+        reported, not waited for), or has already ended."""
+        deadline = time.monotonic() + STREAM_OPEN_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                reported = set(self._stream_details)
+            states = {name: s.capture.stats().state for name, s in self.streams.items()}
+            if all(state != "starting" and (state != "down" or name in reported) for name, state in states.items()):
+                return
+            time.sleep(0.02)
+        log.warning("streams still opening after %.0f s: %s", STREAM_OPEN_TIMEOUT_S,
+                    ", ".join(n for n, s in self.streams.items() if s.capture.stats().state == "starting"))
 
     def _wait(self) -> None:
         while not self._stop.wait(0.2):
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
             if self.once and not any(s.running for s in self.streams.values()):
                 log.info("every source has ended; stopping")
                 return
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the file; apply ``LIVE_KEYS``, name the keys that need a restart."""
+        if not self.config_path:
+            log.warning("reload: no configuration file to re-read; nothing changed")
+            return
+        try:
+            new = load_config(self.config_path)
+        except EdgescribeError as error:
+            log.error("reload: %s rejected; the running configuration stays:\n%s", self.config_path, error)
+            return
+        changed = changed_keys(self.config, new)
+        live = [key for key in changed if key in LIVE_KEYS]
+        later = [key for key in changed if key not in LIVE_KEYS]
+        if "logging.level" in live:
+            logging.getLogger().setLevel(getattr(logging, new.logging.level.upper()))
+            logging_config = self.config.logging.model_copy(update={"level": new.logging.level})
+            self.config = self.config.model_copy(update={"logging": logging_config})
+        log.info("reload: %s re-read; %s", self.config_path,
+                 f"applied {', '.join(live)}" if live else "nothing to apply without a restart")
+        if later:
+            log.warning("reload: %s changed; restart the service to apply (systemctl restart edgescribe)",
+                        ", ".join(later))
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -161,8 +233,9 @@ class Service:
         for stream in self.streams.values():
             stream.transcriber.close()
         self.engines.stop()
+        self.dispatcher.stop()  # every queued final and event reaches the publisher
         self.health.stop()
-        self.publisher.stop()  # clean stop: availability "stopped"; finals already in the outbox
+        self.publisher.stop()  # clean stop: deliver or store what is held; availability "stopped"
 
     # -- what health and the watchdog see ----------------------------------------------------
 
@@ -179,11 +252,21 @@ class Service:
         )
 
     def _summary(self) -> str:
-        up = sum(1 for s in self.streams.values() if s.capture.stats().state == "up")
+        states = {name: s.capture.stats().state for name, s in self.streams.items()}
+        with self._lock:
+            details = dict(self._stream_details)
+        up = sum(1 for state in states.values() if state == "up")
+        down = [f"{name} down: {details.get(name, 'opening')}" for name, state in states.items() if state != "up"]
         model = self.engines.current
         backend = getattr(model.runner, "name", "?") if model is not None else "?"
         name = getattr(model, "name", "?") if model is not None else "?"
-        return f"{up}/{len(self.streams)} streams up, {name} on {backend}"
+        streams = f"{up}/{len(self.streams)} streams up" + (f" ({'; '.join(down)})" if down else "")
+        return f"{streams}, {name} on {backend}"
+
+    def _message_stats(self) -> PublisherStats:
+        # partials the dispatcher dropped (queue full) count with those the publisher dropped
+        stats = self.publisher.stats()
+        return replace(stats, partials_dropped=stats.partials_dropped + self.dispatcher.stats().partials_dropped)
 
     def _service_info(self) -> ServiceInfo:
         model = self.engines.current
@@ -206,7 +289,6 @@ class Service:
                 level_dbfs=stats.level_dbfs if stats.blocks else None,
                 xruns=stats.xruns,
                 dropped_audio_s=round(stats.dropped_s, 3),
-                utterances=finals.get(name, 0),
                 partials=partials.get(name, 0),
                 finals=finals.get(name, 0),
                 speculative_finals=stream.transcriber.speculation_counts(),
@@ -234,12 +316,28 @@ def _percentile(sorted_values: list[float], q: float) -> Optional[float]:
     return round(sorted_values[index], 3)
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configurations (lists compare whole)."""
+    if isinstance(old, BaseModel) and type(old) is type(new):
+        found = []
+        for name in type(old).model_fields:
+            found += changed_keys(getattr(old, name), getattr(new, name), f"{prefix}{name}.")
+        return found
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 def install_signal_handlers(service: Service) -> None:
-    """SIGTERM (systemctl stop) and SIGINT (Ctrl-C) both mean: stop cleanly, lose nothing."""
+    """SIGTERM (systemctl stop) and SIGINT (Ctrl-C) both mean: stop cleanly, lose nothing.
+    SIGHUP (systemctl reload) means: re-read the configuration."""
 
     def handle(signum, _frame):
         log.info("received %s; stopping", signal.Signals(signum).name)
         service.stop()
 
+    def reload(_signum, _frame):
+        log.info("received SIGHUP; re-reading the configuration")
+        service.request_reload()
+
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, reload)

@@ -19,8 +19,8 @@ ORIN = Path(__file__).resolve().parents[1] / "data" / "orin-sysfs"
 def sources(publisher=None) -> HealthSources:
     return HealthSources(
         service=lambda: ServiceInfo("0.1.0", model="tiny.en", backend="onnxruntime", engine_key=None),
-        streams=lambda: {"line1": StreamHealth("up", -31.5, 0, 0.0, 4, 17, 4, SpeculationCounts(started=6, reused=3, discarded=2)),
-                         "line2": StreamHealth("down", None, 2, 1.28, 0, 0, 0, SpeculationCounts(0, 0, 0))},
+        streams=lambda: {"line1": StreamHealth("up", -31.5, 0, 0.0, 17, 4, SpeculationCounts(started=6, reused=3, discarded=2)),
+                         "line2": StreamHealth("down", None, 2, 1.28, 0, 0, SpeculationCounts(0, 0, 0))},
         inference=lambda: InferenceHealth(real_time_factor=0.18, latency_p50_s=0.42, latency_p95_s=0.97, queue_depth=1),
         outbox=publisher.outbox.stats if publisher else (lambda: None),
         mqtt=publisher.link.stats if publisher else (lambda: None),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from edgescribe.daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig
@@ -54,3 +55,23 @@ def test_announced_retained_after_connect(mosquitto, tmp_path):
     finally:
         publisher.stop()
     assert len(messages) == len(SENSORS) and all(m.retain for m in messages)
+
+
+def test_announced_on_the_first_connect_even_when_enabled_late_and_on_ha_birth(mosquitto, tmp_path):
+    publisher = Publisher.from_config(MqttConfig(host="127.0.0.1", port=mosquitto.port), "orin-2", tmp_path)
+    watcher = Subscriber(mosquitto.port, ["homeassistant/sensor/#"]).connect()
+    publisher.start()
+    try:
+        assert publisher.link.wait_connected(10)
+        time.sleep(0.3)  # the link has connected before discovery is enabled
+        enable(HomeAssistantConfig(enabled=True), publisher, "0.1.0")
+        first = watcher.wait_for(lambda m: len(m) >= len(SENSORS), 10)
+        assert len(first) == len(SENSORS), "discovery was not announced on the connection already up"
+        ha = Subscriber(mosquitto.port, ["nothing/#"]).connect()  # Home Assistant restarting: its birth message
+        ha._client.publish("homeassistant/status", b"online", qos=1)
+        again = watcher.wait_for(lambda m: len(m) >= 2 * len(SENSORS), 10)
+        ha.disconnect()
+    finally:
+        publisher.stop()
+        watcher.disconnect()
+    assert len(again) == 2 * len(SENSORS), "discovery was not re-announced on Home Assistant's birth message"

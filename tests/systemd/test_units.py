@@ -91,6 +91,8 @@ def test_exposure_is_low_and_documented():
 def test_daemon_unit_contract():
     assert values(DAEMON, "Type") == ["notify"] and values(DAEMON, "NotifyAccess") == ["main"]
     assert values(DAEMON, "ExecStart") == ["/opt/edgescribe/venv/bin/edgescribe run --config /etc/edgescribe/config.yaml"]
+    # systemctl reload sends SIGHUP, which re-reads the configuration (not the default: terminate)
+    assert values(DAEMON, "ExecReload") == ["/bin/kill -HUP $MAINPID"]
     # The engine build runs first; a failed build still lets the daemon start on ONNX Runtime.
     assert "edgescribe-engines.service" in values(DAEMON, "Wants")
     assert any("edgescribe-engines.service" in v for v in values(DAEMON, "After"))
