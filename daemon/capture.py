@@ -25,8 +25,8 @@ import numpy as np
 
 from edgescribe.daemon.config.audio import CaptureOptions, StreamConfig
 from edgescribe.daemon.events import Event, GapEvent, StreamStateEvent
-from edgescribe.daemon.ring_buffer import SAMPLE_RATE, AudioBlock, RingBuffer
-from edgescribe.engines.audio import load_audio, polyphase_filter
+from edgescribe.daemon.ring_buffer import AudioBlock, RingBuffer
+from edgescribe.engines.audio import SAMPLE_RATE, decode_s24_3le, load_audio, polyphase_filter
 from edgescribe.engines.errors import AudioInputError
 
 log = logging.getLogger(__name__)
@@ -44,13 +44,6 @@ _OVERFLOW_REPORT_S = 5.0
 # ---------------------------------------------------------------- conversion
 
 
-def _decode_s24_3le(data: bytes) -> np.ndarray:
-    raw = np.frombuffer(data, np.uint8).reshape(-1, 3)
-    widened = np.zeros((raw.shape[0], 4), np.uint8)
-    widened[:, 1:] = raw  # top three bytes of an int32: the sign comes for free
-    return widened.view("<i4")[:, 0].astype(np.float32) / 2.0**31
-
-
 def _decode_s24_le(data: bytes) -> np.ndarray:
     # 24 significant bits in the low three bytes of four; shift up to sign-extend
     return (np.frombuffer(data, "<i4") << 8).astype(np.float32) / 2.0**31
@@ -61,7 +54,7 @@ SAMPLE_DECODERS: dict[str, tuple[int, Callable[[bytes], np.ndarray]]] = {
     "S16_LE": (2, lambda data: np.frombuffer(data, "<i2").astype(np.float32) / 32768.0),
     "S32_LE": (4, lambda data: np.frombuffer(data, "<i4").astype(np.float32) / 2.0**31),
     "S24_LE": (4, _decode_s24_le),
-    "S24_3LE": (3, _decode_s24_3le),
+    "S24_3LE": (3, decode_s24_3le),
     "FLOAT_LE": (4, lambda data: np.nan_to_num(np.frombuffer(data, "<f4"), nan=0.0, posinf=1.0, neginf=-1.0)),
 }
 

@@ -1,9 +1,9 @@
 """The ``edgescribe`` command: one entry point, one module per subcommand.
 
-Each subcommand lives in the module that owns its job and exposes
-``add_arguments(parser)`` and ``run(args) -> int``. Those modules import heavy
-dependencies (onnxruntime, alsaaudio, paho) inside ``run`` only, so building the
-parser stays cheap and ``edgescribe check-config`` never loads onnxruntime.
+Each subcommand lives in the module that owns its job and exposes ``add_arguments(parser)``
+and ``run(args) -> int``. Only the module of the subcommand being run is imported: the
+others' dependency trees stay unloaded (the daemon's ``run`` never loads onnx, which only
+``export`` needs; ``check-config`` never loads onnxruntime).
 """
 
 from __future__ import annotations
@@ -21,35 +21,36 @@ log = logging.getLogger(__name__)
 COMMANDS = {
     "export": ("edgescribe.engines.export_command", "convert Whisper weights into a model package (ONNX graphs)"),
     "transcribe": ("edgescribe.engines.transcribe_command", "transcribe audio files with a model package"),
-    "build-engines": ("edgescribe.engines.tensorrt.build_command", "build TensorRT engines for this device"),
+    "build-engines": ("edgescribe.daemon.build_engines_command", "build TensorRT engines for this device"),
     "devices": ("edgescribe.daemon.devices_command", "list ALSA capture devices"),
     "check-config": ("edgescribe.daemon.config.check_command", "validate a configuration file"),
     "run": ("edgescribe.daemon.run_command", "run the daemon"),
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to add its arguments."""
     parser = argparse.ArgumentParser(prog="edgescribe", description="On-device speech to text for factory floors.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug detail")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    modules = {}
     for name, (module_name, help_text) in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
-        modules[name] = module
-    return parser, modules
+        subparser = sub.add_parser(name, help=help_text, description=help_text)
+        if name == command:
+            importlib.import_module(module_name).add_arguments(subparser)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, modules = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     try:
-        return modules[args.command].run(args)
+        return importlib.import_module(COMMANDS[args.command][0]).run(args)
     except EdgescribeError as error:
         print(f"edgescribe {args.command}: error: {error}", file=sys.stderr)
         return error.exit_code

@@ -17,9 +17,9 @@ from typing import Optional
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from edgescribe.engines.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

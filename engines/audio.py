@@ -110,13 +110,18 @@ def _decode_pcm(payload: bytes, width: int) -> np.ndarray:
     if width == 1:  # 8-bit WAV is unsigned
         return (np.frombuffer(payload, np.uint8).astype(np.float32) - 128.0) / 128.0
     if width == 3:
-        raw = np.frombuffer(payload, np.uint8).reshape(-1, 3)
-        # place the 3 bytes in the top of an int32 so the sign comes for free
-        widened = np.zeros((raw.shape[0], 4), np.uint8)
-        widened[:, 1:] = raw
-        return widened.view("<i4")[:, 0].astype(np.float32) / 2.0**31
+        return decode_s24_3le(payload)
     dtype = {2: "<i2", 4: "<i4"}[width]
     return np.frombuffer(payload, dtype).astype(np.float32) / float(2 ** (8 * width - 1))
+
+
+def decode_s24_3le(data: bytes) -> np.ndarray:
+    """Packed 3-byte little-endian signed samples (24-bit WAV, ALSA S24_3LE) as float32 in [-1, 1]."""
+    raw = np.frombuffer(data, np.uint8).reshape(-1, 3)
+    # the 3 bytes in the top of an int32: the sign comes for free
+    widened = np.zeros((raw.shape[0], 4), np.uint8)
+    widened[:, 1:] = raw
+    return widened.view("<i4")[:, 0].astype(np.float32) / 2.0**31
 
 
 def _decode_float(payload: bytes, width: int) -> np.ndarray:
@@ -169,6 +174,41 @@ def resample(samples: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RA
         idx = np.clip(idx, 0, len(padded) - 1)
         out[start:stop] = np.einsum("nk,nk->n", padded[idx], phases[phase[start:stop]])
     return out
+
+
+def _hz_to_mel(frequencies: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above (librosa's htk=False)."""
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    f_sp = 200.0 / 3
+    mels = frequencies / f_sp
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    log_region = frequencies >= min_log_hz
+    mels[log_region] = min_log_mel + np.log(frequencies[log_region] / min_log_hz) / logstep
+    return mels
+
+
+def _mel_to_hz(mels: np.ndarray) -> np.ndarray:
+    mels = np.asarray(mels, dtype=np.float64)
+    f_sp = 200.0 / 3
+    frequencies = f_sp * mels
+    min_log_hz, min_log_mel, logstep = 1000.0, 1000.0 / f_sp, np.log(6.4) / 27.0
+    log_region = mels >= min_log_mel
+    frequencies[log_region] = min_log_hz * np.exp(logstep * (mels[log_region] - min_log_mel))
+    return frequencies
+
+
+def mel_filter_bank(n_mels: int, sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT) -> np.ndarray:
+    """Slaney-normalised triangular filters, equal to librosa.filters.mel(sr, n_fft, n_mels)."""
+    fft_freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    mel_points = _mel_to_hz(np.linspace(_hz_to_mel(np.array([0.0]))[0],
+                                        _hz_to_mel(np.array([sample_rate / 2.0]))[0], n_mels + 2))
+    widths = np.diff(mel_points)
+    ramps = mel_points[:, None] - fft_freqs[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_points[2:n_mels + 2] - mel_points[:n_mels]))[:, None]
+    return weights.astype(np.float32)
 
 
 def log_mel(samples: np.ndarray, filters: np.ndarray, padding: int = HOP_LENGTH) -> np.ndarray:

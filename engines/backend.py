@@ -1,4 +1,4 @@
-"""Choose the Runner that executes a model package: ONNX Runtime or TensorRT.
+"""Choose the Runner that executes a model package (ONNX Runtime or TensorRT), and load models on it.
 
 ``auto`` takes TensorRT only when engines built *for this device and this package* are in
 ``engine_dir`` and were validated; otherwise ONNX Runtime. Either way one log line says
@@ -12,22 +12,51 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgescribe.engines.errors import BackendUnavailableError
+from edgescribe.engines.model import WhisperModel
+from edgescribe.engines.onnx_runner import OnnxRunner
+from edgescribe.engines.package import ModelPackage
+from edgescribe.engines.runtime import Runner
+from edgescribe.engines.tensorrt import seam
+from edgescribe.engines.tensorrt.builder import build_hint
+from edgescribe.engines.tensorrt.engine_cache import (
+    DEVICE_AND_MODEL_FIELDS,
+    EngineBuildError,
+    EngineCache,
+    engine_keys,
+    model_sha256,
+)
+from edgescribe.engines.tensorrt.platform import device_facts
+from edgescribe.engines.tensorrt.runner import TensorRTRunner
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")
 
 
+def load_model(
+    package_dir: str | Path,
+    backend: str = "auto",
+    engine_dir: str | Path | None = None,
+    threads: int = 0,
+) -> WhisperModel:
+    """Open a model package and the runner that executes it (see :func:`create_runner`)."""
+    package = ModelPackage.load(package_dir)
+    runner = create_runner(package, backend=backend, engine_dir=engine_dir, threads=threads)
+    model = WhisperModel.from_package(package, runner)
+    log.info("loaded model %s from %s on %s", model.name, package.dir, runner.name)
+    return model
+
+
 def create_runner(
-    package,
+    package: ModelPackage,
     backend: str = "auto",
     engine_dir=None,
     threads: int = 0,
     *,
     load_tensorrt: Optional[Callable[[], object]] = None,
     system_root: Path = Path("/"),
-):
-    """A Runner for ``package`` (an ``edgescribe.engines.package.ModelPackage``).
+) -> Runner:
+    """A Runner for ``package``.
 
     ``load_tensorrt`` replaces ``edgescribe.engines.tensorrt.seam.load`` (tests); ``system_root`` is where
     ``/etc/nv_tegra_release`` is looked for.
@@ -36,37 +65,27 @@ def create_runner(
         raise BackendUnavailableError(f"unknown backend {backend!r} (choose one of {', '.join(BACKENDS)})")
     if backend == "onnxruntime":
         log.info("backend: onnxruntime (configured)")
-        return _onnx_runner(package, threads)
+        return OnnxRunner(package, threads=threads)
     try:
         runner, why = _tensorrt_runner(package, engine_dir, load_tensorrt, system_root)
     except BackendUnavailableError as error:
         if backend == "tensorrt":
             raise BackendUnavailableError(f"TensorRT backend unavailable: {error}") from None
         log.info("backend: onnxruntime (TensorRT not used: %s)", error)
-        return _onnx_runner(package, threads)
+        return OnnxRunner(package, threads=threads)
     log.info("backend: tensorrt (%s)", why)
     return runner
 
 
-def _onnx_runner(package, threads: int):
-    from edgescribe.engines.onnx_runner import OnnxRunner
-
-    return OnnxRunner(package, threads=threads)
-
-
-def _tensorrt_runner(package, engine_dir, load_tensorrt, system_root: Path):
-    from edgescribe.engines.tensorrt import seam
-    from edgescribe.engines.tensorrt.builder import build_hint
-    from edgescribe.engines.tensorrt.engine_cache import DEVICE_AND_MODEL_FIELDS, EngineBuildError, EngineCache
-    from edgescribe.engines.tensorrt.platform import device_facts
-    from edgescribe.engines.tensorrt.runner import TensorRTRunner
-
+def _tensorrt_runner(package: ModelPackage, engine_dir, load_tensorrt, system_root: Path):
     if engine_dir is None:
         raise BackendUnavailableError(f"no engine directory configured; {build_hint(package.dir, None)}")
     trt = (load_tensorrt or seam.load)()
     facts = device_facts(trt, system_root)
     cache = EngineCache(Path(engine_dir), package.dir.name)
-    keys = runtime_keys(package, facts)
+    # Only the fields the daemon checks (device, TensorRT, L4T, model): it takes whatever
+    # precision and profile build-engines chose.
+    keys = engine_keys(model_sha256(package.dir), facts)
     status = cache.status(keys, only=DEVICE_AND_MODEL_FIELDS)
     if not status.ok:
         raise BackendUnavailableError(f"{status.reason}; {build_hint(package.dir, engine_dir)}")
@@ -76,15 +95,3 @@ def _tensorrt_runner(package, engine_dir, load_tensorrt, system_root: Path):
         raise BackendUnavailableError(str(error)) from None
     precision = "/".join(cache.precision_of(graph) for graph in ("encoder", "decoder"))
     return runner, f"validated {precision} engines in {cache.dir} for {facts.describe()}"
-
-
-def runtime_keys(package, facts):
-    """Keys carrying only the fields the daemon checks (device, TensorRT, L4T, model)."""
-    from edgescribe.engines.tensorrt.engine_cache import GRAPHS, EngineKey, model_sha256
-
-    sha = model_sha256(package.dir)
-    return {
-        graph: EngineKey(graph, sha, facts.tensorrt_version, facts.gpu_name, facts.compute_capability, facts.l4t,
-                         precision="", profile=())
-        for graph in GRAPHS
-    }

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from edgescribe.engines.errors import ModelSourceError
-from edgescribe.engines.weights import ModelDims, WeightsSource, WhisperWeights, file_sha256, read_tokenizer_json
+from edgescribe.engines.files import file_sha256
+from edgescribe.engines.weights import ModelDims, WeightsSource, WhisperWeights, bfloat16_to_float32, read_tokenizer_json
 
 log = logging.getLogger(__name__)
 
@@ -116,12 +117,7 @@ def read_model_bin(path: Path) -> tuple[str, dict[str, np.ndarray]]:
 
 
 def _to_array(raw: memoryview, dtype, shape: tuple[int, ...], path: Path, name: str) -> np.ndarray:
-    if dtype == "bfloat16":
-        # bfloat16 is the top half of a float32: widen by shifting into the high 16 bits.
-        halves = np.frombuffer(raw, dtype=np.uint16)
-        array = (halves.astype(np.uint32) << 16).view(np.float32)
-    else:
-        array = np.frombuffer(raw, dtype=dtype)
+    array = bfloat16_to_float32(raw) if dtype == "bfloat16" else np.frombuffer(raw, dtype=dtype)
     expected = int(np.prod(shape)) if shape else 1
     if array.size != expected:
         raise ModelSourceError(f"{path}: variable '{name}' holds {array.size} values but its shape "

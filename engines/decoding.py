@@ -19,14 +19,12 @@ from __future__ import annotations
 import logging
 import zlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.tokenizer import TIME_PRECISION
-
-if TYPE_CHECKING:
-    from edgescribe.engines.model import WhisperModel
 
 log = logging.getLogger(__name__)
 

@@ -6,6 +6,9 @@ import argparse
 import logging
 import time
 
+from edgescribe.engines.package_writer import write_package
+from edgescribe.engines.sources import load_weights
+
 log = logging.getLogger(__name__)
 
 
@@ -18,9 +21,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgescribe.engines.package import write_package
-    from edgescribe.engines.weights import load_weights
-
     started = time.monotonic()
 
     def progress(message: str) -> None:

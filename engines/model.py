@@ -1,10 +1,11 @@
-"""A loaded Whisper model: package + tokenizer + runner + mel filters, ready for decoding."""
+"""A loaded Whisper model: package + tokenizer + runner + mel filters, ready for decoding.
+
+``backend.load_model`` opens one from a package directory on the right runner.
+"""
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -13,8 +14,6 @@ from edgescribe.engines.package import ModelPackage
 from edgescribe.engines.runtime import Runner
 from edgescribe.engines.tokenizer import WhisperTokenizer
 from edgescribe.engines.weights import ModelDims
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,19 +48,3 @@ class WhisperModel:
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """Log-mel spectrogram [n_mels, frames] of 16-kHz mono samples, with this model's filters."""
         return log_mel(samples, self.mel_filters)
-
-
-def load_model(
-    package_dir: str | Path,
-    backend: str = "auto",
-    engine_dir: str | Path | None = None,
-    threads: int = 0,
-) -> WhisperModel:
-    """Open a model package and the runner that executes it (see ``edgescribe.engines.backend``)."""
-    from edgescribe.engines.backend import create_runner
-
-    package = ModelPackage.load(package_dir)
-    runner = create_runner(package, backend=backend, engine_dir=engine_dir, threads=threads)
-    model = WhisperModel.from_package(package, runner)
-    log.info("loaded model %s from %s on %s", model.name, package.dir, runner.name)
-    return model

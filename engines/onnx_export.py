@@ -5,9 +5,9 @@ The graphs follow the contract in docs/architecture.md. The design choices and w
 * Fixed-size self-attention cache ``self_k``/``self_v`` [layers, batch, n_text_ctx, state] plus a
   per-sequence ``offset``: every shape except batch and ``n_tokens`` is static, so TensorRT needs a
   single optimisation profile and the cache lives in one device buffer for a whole 30-s window.
-  The decoder can take that buffer stacked or as one input per layer (``layer_inputs``):
-  ONNX Runtime copies every slice it takes of a stacked input, so a per-layer decoder, fed
-  views of the caller's stacked buffer, skips a full pass over all caches at every step.
+  The decoder takes each layer's slice of that buffer as its own input (``self_k.0`` ...): a
+  caller passes views of its one buffer for free, whereas a graph that sliced one stacked
+  input would make ONNX Runtime copy every slice, a full pass over all caches at every step.
   The graph never writes the cache; it returns only the new rows (``new_k``/``new_v``) and the
   caller writes them at ``offset``. Cache rows ``>= offset`` are masked in-graph.
 * Cross-attention keys/values of every decoder layer are projected once per window by the
@@ -25,6 +25,7 @@ The graphs follow the contract in docs/architecture.md. The design choices and w
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from edgescribe.engines.runtime import KV_TENSORS, layer_input
 from edgescribe.engines.weights import WhisperWeights
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,6 @@ MASK_VALUE = -1e9
 # Fits in int32, which TensorRT may narrow int64 tensors to.
 NEVER = 1 << 30
 EMBEDDING = "decoder.token_embedding.weight"
-# Decoder inputs holding K/V of every layer: stacked, or split into one input per layer.
-CACHE_INPUTS = ("self_k", "self_v", "cross_k", "cross_v")
 LOGITS_WEIGHT = "decoder.logits.weight"  # the int8 decoder's transposed copy of EMBEDDING
 
 
@@ -156,11 +156,6 @@ class _Heads:
     rows_shape: str  # [B, N, H, -1]
 
 
-def layer_input(name: str, layer: int) -> str:
-    """The per-layer decoder input holding ``layer``'s slice of ``name`` (``self_k.0``, ...)."""
-    return f"{name}.{layer}"
-
-
 def _head_mask(n_head: int, d_head: int) -> np.ndarray:
     """[head, state]: 1 where a state column belongs to the head."""
     return np.kron(np.eye(n_head, dtype=np.float32), np.ones((1, d_head), np.float32))
@@ -237,18 +232,13 @@ def build_encoder(weights: WhisperWeights) -> onnx.ModelProto:
     return _model(graph)
 
 
-def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs: bool = False) -> onnx.ModelProto:
+def build_decoder(weights: WhisperWeights, for_int8: bool = False) -> onnx.ModelProto:
     """The decoder graph.
 
     ``for_int8`` builds the graph that ``quantize_int8`` turns into the ONNX Runtime-only int8
     decoder: the logits projection gets its own transposed initializer (dynamic quantisation
     only rewrites MatMul weights), and attention skips the unused cache rows, a data-dependent
     shape TensorRT's single profile would not take.
-
-    ``layer_inputs`` takes one input per layer (``self_k.0`` ... [B, C, d], see ``layer_input``)
-    instead of stacked tensors: ONNX Runtime copies every slice it takes, so splitting the
-    stacked caches costs a full pass over them at every step, while a caller can pass per-layer
-    views of its one stacked buffer for free.
     """
     dims = weights.dims
     g = _GraphBuilder()
@@ -285,19 +275,10 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs:
 
     heads = _Heads(n_head, d, g.const(_head_mask(n_head, d_head), np.float32),
                    g.op("Concat", [g.op("Shape", ["tokens"]), g.const([n_head, -1])], axis=0))
-    per_layer = {}
-    for name in CACHE_INPUTS:
-        trim = used_rows is not None and name.startswith("self")
-        if layer_inputs:
-            per_layer[name] = [layer_input(name, i) for i in range(dims.n_text_layer)]
-            if trim:
-                per_layer[name] = [g.op("Slice", [x, g.const([0]), used_rows, g.const([1])]) for x in per_layer[name]]
-            continue
-        stacked = g.op("Slice", [name, g.const([0]), used_rows, g.const([2])]) if trim else name
-        # One Split per input (not a Gather per layer): a single pass over the stacked tensor.
-        parts = g.op("Split", [stacked, g.const([1] * dims.n_text_layer)], outputs=dims.n_text_layer, axis=0)
-        parts = [parts] if isinstance(parts, str) else parts
-        per_layer[name] = [g.op("Squeeze", [part, g.const([0])]) for part in parts]
+    kv = {name: [layer_input(name, i) for i in range(dims.n_text_layer)] for name in KV_TENSORS}
+    if used_rows is not None:
+        for name in ("self_k", "self_v"):
+            kv[name] = [g.op("Slice", [rows, g.const([0]), used_rows, g.const([1])]) for rows in kv[name]]
 
     new_k, new_v = [], []
     for i in range(dims.n_text_layer):
@@ -309,8 +290,8 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs:
         q, k, v = g.op("Split", [qkv, g.const([d, d, d])], outputs=3, axis=-1)
         new_k.append(g.op("Unsqueeze", [k, g.const([0])]))
         new_v.append(g.op("Unsqueeze", [v, g.const([0])]))
-        keys = g.op("Concat", [per_layer["self_k"][i], k], axis=1)
-        values = g.op("Concat", [per_layer["self_v"][i], v], axis=1)
+        keys = g.op("Concat", [kv["self_k"][i], k], axis=1)
+        values = g.op("Concat", [kv["self_v"][i], v], axis=1)
         attended = g.attend_rows(q, keys, values, heads, mask)
         out = g.linear(attended, weights[f"{prefix}.attn.out.weight"],
                        weights[f"{prefix}.attn.out.bias"], f"{prefix}.attn.out")
@@ -321,7 +302,7 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs:
         scale = np.float32(d_head ** -0.25)
         q = g.linear(h, weights[f"{prefix}.cross_attn.query.weight"] * scale,
                      weights[f"{prefix}.cross_attn.query.bias"] * scale, f"{prefix}.cross_attn.query")
-        attended = g.attend_rows(q, per_layer["cross_k"][i], per_layer["cross_v"][i], heads, None)
+        attended = g.attend_rows(q, kv["cross_k"][i], kv["cross_v"][i], heads, None)
         out = g.linear(attended, weights[f"{prefix}.cross_attn.out.weight"],
                        weights[f"{prefix}.cross_attn.out.bias"], f"{prefix}.cross_attn.out")
         x = g.mlp(g.op("Add", [x, out]), weights, prefix)
@@ -342,15 +323,10 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False, layer_inputs:
     cache_shape = [dims.n_text_layer, "batch", dims.n_text_ctx, d]
     cross_shape = [dims.n_text_layer, "batch", dims.n_audio_ctx, d]
     new_shape = [dims.n_text_layer, "batch", "n_tokens", d]
-    if layer_inputs:
-        cache_inputs = [helper.make_tensor_value_info(layer_input(name, i), TensorProto.FLOAT, shape[1:])
-                        for name, shape in (("self_k", cache_shape), ("self_v", cache_shape),
-                                            ("cross_k", cross_shape), ("cross_v", cross_shape))
-                        for i in range(dims.n_text_layer)]
-    else:
-        cache_inputs = [helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
-                        for name, shape in (("self_k", cache_shape), ("self_v", cache_shape),
-                                            ("cross_k", cross_shape), ("cross_v", cross_shape))]
+    cache_inputs = [helper.make_tensor_value_info(layer_input(name, i), TensorProto.FLOAT, shape[1:])
+                    for name, shape in (("self_k", cache_shape), ("self_v", cache_shape),
+                                        ("cross_k", cross_shape), ("cross_v", cross_shape))
+                    for i in range(dims.n_text_layer)]
     graph = helper.make_graph(
         g.nodes, "whisper_decoder",
         inputs=[
@@ -388,8 +364,6 @@ def quantize_int8(model: onnx.ModelProto, path: Path) -> None:
     Convolutions and attention (activation x activation) stay float32: ORT's integer versions
     of those measured slower here than the float kernels.
     """
-    import tempfile
-
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(dir=path.parent) as temp:

@@ -1,9 +1,10 @@
 """ONNX Runtime (CPU) implementation of the Runner seam.
 
 The self-attention cache is a pair of numpy arrays [n_text_layer, batch, n_text_ctx,
-n_text_state] allocated once per window. ONNX Runtime reads contiguous numpy inputs in
-place, so each step costs no copy of the cache; the graph returns only the new rows,
-which are written into the cache at each sequence's offset.
+n_text_state] allocated once per window. The decoder takes each layer's slice ``cache.k[i]``
+as its own input; those views are contiguous (the layer is the leading axis) and ONNX Runtime
+reads contiguous numpy inputs in place, so a step copies no cache. The graph returns only
+the new rows, which are written into the cache at each sequence's offset.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from edgescribe.engines.errors import ModelPackageError
 from edgescribe.engines.package import ModelPackage
+from edgescribe.engines.runtime import KV_TENSORS, layer_input
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ class OnnxRunner:
     ``threads`` is the intra-op thread count (0: one per CPU, at most 4); ``prefer_int8``
     takes the package's int8 graphs when it has them; ``spin`` lets idle threads spin.
     Inputs are passed as numpy arrays, which ONNX Runtime reads in place; IOBinding with
-    preallocated outputs measured 1.5 % faster per step, not worth a second code path.
+    preallocated outputs was barely faster per step, not worth a second code path.
     """
 
     name = "onnxruntime"
@@ -61,15 +63,15 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No arena and no memory pattern: the arena grows in doubling chunks and keeps its peak,
         # and the int8 decoder's shapes change every step (cache rows in use), so each step
-        # would plan a new pattern. Without them peak RSS fell from ~520 MB to ~340 MB for
-        # tiny.en with no measurable change in speed.
+        # would plan a new pattern. Without them peak RSS drops by about a third for tiny.en,
+        # with no measurable change in speed.
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
         options.log_severity_level = 3  # warnings about unused initialisers are noise here
         # Spinning threads wait for the next operator without sleeping: a decoder step is
-        # hundreds of tiny operators, and on an idle 2-core CPU a tiny.en step took 2.0 ms
-        # spinning against 2.7 ms sleeping. On a CPU shared with busy processes spinning
-        # threads fight them (a step measured twice as slow); pass spin=False there.
+        # hundreds of tiny operators, so on an idle CPU spinning makes each step markedly
+        # faster. On a CPU shared with busy processes spinning threads fight them (a step
+        # can take twice as long); pass spin=False there.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         providers = ["CPUExecutionProvider"]
         try:
@@ -78,11 +80,8 @@ class OnnxRunner:
         except Exception as error:  # onnxruntime raises its own untyped exceptions
             raise ModelPackageError(f"model package {package.dir}: ONNX Runtime cannot load its graphs ({error})") from None
         self.threads = options.intra_op_num_threads
-        # Per-layer decoder inputs take views cache.k[i] of the one stacked buffer (contiguous:
-        # the layer is the leading axis), so neither the caller nor the graph copies a layer.
-        self.layer_inputs = package.layer_inputs
         layers = range(self.dims.n_text_layer)
-        self._cache_names = {name: [f"{name}.{i}" for i in layers] for name in ("self_k", "self_v", "cross_k", "cross_v")}
+        self._input_names = {name: [layer_input(name, i) for i in layers] for name in KV_TENSORS}
         log.debug("onnxruntime: %s graphs, %d threads", self.precision, self.threads)
 
     def encode(self, mel: np.ndarray) -> CrossKV:
@@ -103,12 +102,9 @@ class OnnxRunner:
         if int(offsets.max()) + n > self.dims.n_text_ctx or int(offsets.min()) < 0:
             raise ValueError(f"tokens at offsets {offsets.tolist()} + {n} overflow the text context {self.dims.n_text_ctx}")
         feeds = {"tokens": tokens, "offset": offsets}
-        stacked = {"self_k": cache.k, "self_v": cache.v, "cross_k": cross.k, "cross_v": cross.v}
-        if self.layer_inputs:
-            for name, array in stacked.items():
-                feeds.update(zip(self._cache_names[name], array))
-        else:
-            feeds.update(stacked)
+        buffers = {"self_k": cache.k, "self_v": cache.v, "cross_k": cross.k, "cross_v": cross.v}
+        for name, array in buffers.items():
+            feeds.update(zip(self._input_names[name], array))  # array[i]: layer i, a view
         logits, new_k, new_v = self._decoder.run(["logits", "new_k", "new_v"], feeds)
         first = int(offsets[0])
         if (offsets == first).all():

@@ -7,10 +7,14 @@ Graph contract (see docs/architecture.md for the full table):
 
 * encoder: ``mel`` f32 [batch, n_mels, 3000] -> ``cross_k``, ``cross_v``
   f32 [n_text_layer, batch, n_audio_ctx, n_text_state]
-* decoder: ``tokens`` i64 [batch, n_tokens], ``offset`` i64 [batch],
-  ``self_k``, ``self_v`` f32 [n_text_layer, batch, n_text_ctx, n_text_state],
-  ``cross_k``, ``cross_v`` -> ``logits`` f32 [batch, n_vocab] (last position only),
-  ``new_k``, ``new_v`` f32 [n_text_layer, batch, n_tokens, n_text_state]
+* decoder: ``tokens`` i64 [batch, n_tokens], ``offset`` i64 [batch], and per decoder layer
+  ``l`` the inputs ``self_k.l``, ``self_v.l`` f32 [batch, n_text_ctx, n_text_state] and
+  ``cross_k.l``, ``cross_v.l`` f32 [batch, n_audio_ctx, n_text_state] -> ``logits`` f32
+  [batch, n_vocab] (last position only), ``new_k``, ``new_v`` f32
+  [n_text_layer, batch, n_tokens, n_text_state]
+
+Runners keep one buffer per K/V tensor, [n_text_layer, batch, rows, n_text_state], and feed
+the decoder layer ``l``'s contiguous slice of it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,14 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+
+# The K/V tensors the decoder reads, each split into one input per layer (``layer_input``).
+KV_TENSORS = ("self_k", "self_v", "cross_k", "cross_v")
+
+
+def layer_input(tensor: str, layer: int) -> str:
+    """The decoder input holding ``layer``'s slice of ``tensor`` (``self_k.0``, ...)."""
+    return f"{tensor}.{layer}"
 
 
 class Runner(Protocol):

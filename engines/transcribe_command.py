@@ -13,6 +13,11 @@ import logging
 import sys
 import time
 
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.backend import BACKENDS, load_model
+from edgescribe.engines.errors import EdgescribeError
+from edgescribe.engines.transcribe import TranscribeOptions, Transcription, transcribe
+
 log = logging.getLogger(__name__)
 
 
@@ -23,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
                         help="translate: into English (multilingual models)")
     parser.add_argument("--format", choices=("text", "json", "srt"), default="text", help="output format")
-    parser.add_argument("--backend", choices=("auto", "onnxruntime", "tensorrt"), default="auto",
+    parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="inference backend (default: TensorRT when usable, else ONNX Runtime)")
     parser.add_argument("--engine-dir", metavar="DIR", help="TensorRT engine cache directory")
     parser.add_argument("--threads", type=int, default=0, metavar="N", help="CPU threads for ONNX Runtime (0: automatic)")
@@ -33,11 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from edgescribe.engines.audio import load_audio
-    from edgescribe.engines.errors import EdgescribeError
-    from edgescribe.engines.model import load_model
-    from edgescribe.engines.transcribe import TranscribeOptions, transcribe
-
     if args.threads < 0:
         raise EdgescribeError(f"--threads must be 0 or more, got {args.threads}")
     # Read every file first: a bad file fails the command before the model loads or minutes of decoding.
@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _as_json(path: str, result, model, elapsed: float) -> dict:
+def _as_json(path: str, result: Transcription, model, elapsed: float) -> dict:
     return {
         "file": path,
         "model": model.name,
@@ -106,7 +106,7 @@ def _srt_time(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d},{millis:03d}"
 
 
-def _as_srt(result) -> str:
+def _as_srt(result: Transcription) -> str:
     blocks = [
         f"{index}\n{_srt_time(segment.start)} --> {_srt_time(segment.end)}\n{segment.text.strip()}\n"
         for index, segment in enumerate(result.segments, start=1)

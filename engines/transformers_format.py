@@ -1,4 +1,4 @@
-"""Read and write a Hugging Face Whisper directory (``config.json`` + ``model.safetensors``) with numpy.
+"""Read a Hugging Face Whisper directory (``config.json`` + ``model.safetensors``) with numpy.
 
 safetensors layout: u64 little-endian header length, a JSON header mapping each tensor name to
 ``{"dtype", "shape", "data_offsets": [begin, end]}`` (offsets relative to the data section),
@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from edgescribe.engines.errors import ModelSourceError
-from edgescribe.engines.weights import ModelDims, WeightsSource, WhisperWeights, file_sha256, read_tokenizer_json
+from edgescribe.engines.files import file_sha256
+from edgescribe.engines.weights import ModelDims, WeightsSource, WhisperWeights, bfloat16_to_float32, read_tokenizer_json
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ SAFETENSORS_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "
                       "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8}
 
 # openai-whisper name pieces <-> Hugging Face pieces, inside one encoder/decoder layer.
-_LAYER_PARTS = [
+LAYER_PARTS = [
     ("attn.query", "self_attn.q_proj"), ("attn.key", "self_attn.k_proj"), ("attn.value", "self_attn.v_proj"),
     ("attn.out", "self_attn.out_proj"), ("attn_ln", "self_attn_layer_norm"),
     ("cross_attn.query", "encoder_attn.q_proj"), ("cross_attn.key", "encoder_attn.k_proj"),
@@ -33,41 +34,28 @@ _LAYER_PARTS = [
     ("cross_attn_ln", "encoder_attn_layer_norm"),
     ("mlp.0", "fc1"), ("mlp.2", "fc2"), ("mlp_ln", "final_layer_norm"),
 ]
-_TOP_LEVEL = {
+TOP_LEVEL = {
     "encoder.conv1": "model.encoder.conv1", "encoder.conv2": "model.encoder.conv2",
     "encoder.ln_post": "model.encoder.layer_norm", "decoder.ln": "model.decoder.layer_norm",
     "decoder.token_embedding": "model.decoder.embed_tokens",
 }
-_POSITIONAL = {"encoder.positional_embedding": "model.encoder.embed_positions.weight",
+POSITIONAL = {"encoder.positional_embedding": "model.encoder.embed_positions.weight",
                "decoder.positional_embedding": "model.decoder.embed_positions.weight"}
-_BLOCK = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
 _HF_LAYER = re.compile(r"^model\.(encoder|decoder)\.layers\.(\d+)\.(.+)\.(weight|bias)$")
-
-
-def openai_to_hf(name: str) -> str:
-    if name in _POSITIONAL:
-        return _POSITIONAL[name]
-    match = _BLOCK.match(name)
-    if match:
-        stack, index, part, kind = match.groups()
-        hf_part = dict(_LAYER_PARTS)[part]
-        return f"model.{stack}.layers.{index}.{hf_part}.{kind}"
-    module, kind = name.rsplit(".", 1)
-    return f"{_TOP_LEVEL[module]}.{kind}"
 
 
 def hf_to_openai(name: str) -> str | None:
     """The openai-whisper name of a HF tensor, or None for tensors Whisper does not need."""
-    for openai_name, hf_name in _POSITIONAL.items():
+    for openai_name, hf_name in POSITIONAL.items():
         if name == hf_name:
             return openai_name
     match = _HF_LAYER.match(name)
     if match:
         stack, index, part, kind = match.groups()
-        openai_part = {hf: oa for oa, hf in _LAYER_PARTS}.get(part)
+        openai_part = {hf: oa for oa, hf in LAYER_PARTS}.get(part)
         return f"{stack}.blocks.{index}.{openai_part}.{kind}" if openai_part else None
     module, _, kind = name.rpartition(".")
-    for openai_module, hf_module in _TOP_LEVEL.items():
+    for openai_module, hf_module in TOP_LEVEL.items():
         if module == hf_module:
             return f"{openai_module}.{kind}"
     return None  # e.g. proj_out.weight, tied to the token embedding
@@ -102,31 +90,9 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         if end > len(body):
             raise ModelSourceError(f"{path}: truncated at tensor '{name}'; re-download the model")
         raw = body[begin:end]
-        if dtype == "bfloat16":
-            array = (np.frombuffer(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
-        else:
-            array = np.frombuffer(raw, dtype=dtype)
+        array = bfloat16_to_float32(raw) if dtype == "bfloat16" else np.frombuffer(raw, dtype=dtype)
         tensors[name] = array.reshape(info["shape"])
     return tensors
-
-
-def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    names = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
-    header, offset, blobs = {}, 0, []
-    for name, array in tensors.items():
-        array = np.ascontiguousarray(array)
-        blob = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
-        offset += len(blob)
-        blobs.append(blob)
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # the format aligns the data section to 8 bytes
-    with open(path, "wb") as out:
-        out.write(struct.pack("<Q", len(encoded)))
-        out.write(encoded)
-        for blob in blobs:
-            out.write(blob)
 
 
 # -- Whisper directories -----------------------------------------------------------------------
@@ -166,34 +132,6 @@ def read_transformers(directory: Path, name: str | None = None) -> WhisperWeight
         lang_ids=lang_ids,
         alignment_heads=[(int(a), int(b)) for a, b in alignment_heads],
     )
-
-
-def write_transformers(weights: WhisperWeights, directory: Path) -> None:
-    """Write ``weights`` as a HF ``WhisperForConditionalGeneration`` directory (float32)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    dims = weights.dims
-    tensors = {openai_to_hf(name): array.astype(np.float32) for name, array in weights.tensors.items()}
-    write_safetensors(directory / SAFETENSORS, tensors)
-    config = {
-        "architectures": ["WhisperForConditionalGeneration"], "model_type": "whisper",
-        "num_mel_bins": dims.n_mels, "max_source_positions": dims.n_audio_ctx, "d_model": dims.n_audio_state,
-        "encoder_attention_heads": dims.n_audio_head, "encoder_layers": dims.n_audio_layer,
-        "vocab_size": dims.n_vocab, "max_target_positions": dims.n_text_ctx,
-        "decoder_attention_heads": dims.n_text_head, "decoder_layers": dims.n_text_layer,
-        "encoder_ffn_dim": 4 * dims.n_audio_state, "decoder_ffn_dim": 4 * dims.n_text_state,
-        "activation_function": "gelu", "scale_embedding": False, "tie_word_embeddings": True,
-        "suppress_tokens": list(weights.suppress_ids), "begin_suppress_tokens": list(weights.suppress_ids_begin),
-        "torch_dtype": "float32",
-    }
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    token_names = {token["id"]: token["content"] for token in json.loads(weights.tokenizer_json)["added_tokens"]}
-    generation = {"alignment_heads": [list(pair) for pair in weights.alignment_heads],
-                  "lang_to_id": {token_names[i]: i for i in weights.lang_ids if i in token_names},
-                  "suppress_tokens": list(weights.suppress_ids),
-                  "begin_suppress_tokens": list(weights.suppress_ids_begin)}
-    (directory / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n", encoding="utf-8")
-    (directory / "tokenizer.json").write_bytes(weights.tokenizer_json)
 
 
 def _read_json(path: Path, required: bool = True) -> dict:

@@ -2,20 +2,17 @@
 
 Every reader (CTranslate2, Hugging Face) produces a :class:`WhisperWeights` keyed by the
 openai-whisper ``state_dict`` names, so the ONNX exporter has exactly one input format.
+The readers import this module; ``sources.load_weights`` picks the reader for a source.
 """
 
 from __future__ import annotations
 
-import hashlib
-import logging
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from edgescribe.engines.errors import ModelSourceError
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,9 +33,6 @@ class ModelDims:
     @classmethod
     def from_dict(cls, values: dict) -> ModelDims:
         return cls(**{f.name: int(values[f.name]) for f in fields(cls)})
-
-    def to_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True)
@@ -110,38 +104,9 @@ def check_complete(weights: WhisperWeights, where: str) -> None:
         raise ModelSourceError(f"{where}: missing weight '{missing[0]}'{more}")
 
 
-def load_weights(source: str) -> WhisperWeights:
-    """Weights from a built-in name (``tiny.en``, ``base``), a CTranslate2 or a HF directory."""
-    # Imported here: the format readers import this module for the types above.
-    from edgescribe.engines import ctranslate2_format, sources, transformers_format
-
-    if source in sources.BUILTIN_SOURCES:
-        path, name = sources.resolve_builtin(source), source
-    else:
-        path, name = Path(source).expanduser(), source
-    if not path.exists():
-        names = ", ".join(sources.BUILTIN_SOURCES)
-        raise ModelSourceError(f"{path}: no such directory (expected a built-in model name ({names}), "
-                               "a CTranslate2 model dir or a Hugging Face Whisper dir)")
-    if not path.is_dir():
-        raise ModelSourceError(f"{path}: not a directory (expected a CTranslate2 or Hugging Face Whisper model dir)")
-    if (path / "model.bin").is_file():
-        weights = ctranslate2_format.read_ctranslate2(path, name=name)
-    elif (path / "model.safetensors").is_file():
-        weights = transformers_format.read_transformers(path, name=name)
-    else:
-        raise ModelSourceError(f"{path}: no model.bin (CTranslate2) or model.safetensors (Hugging Face) found")
-    check_complete(weights, str(path))
-    log.info("loaded %s weights from %s (%d tensors)", weights.source.format, path, len(weights.tensors))
-    return weights
-
-
-def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
+def bfloat16_to_float32(raw) -> np.ndarray:
+    """Little-endian bfloat16 bytes as float32: bfloat16 is the top half of a float32."""
+    return (np.frombuffer(raw, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
 
 
 def read_tokenizer_json(directory: Path) -> bytes:

@@ -38,7 +38,7 @@ def _worker(args: argparse.Namespace) -> None:
     audio = {f: load_audio(f) for f in files}
     started = time.perf_counter()
     if args.worker == "edgescribe":
-        from edgescribe.engines.model import load_model
+        from edgescribe.engines.backend import load_model
         from edgescribe.engines.transcribe import transcribe
 
         model = load_model(args.package, backend="onnxruntime", threads=args.threads)
@@ -97,7 +97,7 @@ def main() -> int:
         return 0
 
     from edgescribe.engines.audio import load_audio
-    from edgescribe.engines.scoring import corpus_counts, read_transcripts
+    from tests.fixtures.scoring import corpus_counts, read_transcripts
 
     files = [Path(f) for f in args.files] if args.files else sorted(DEFAULT_CORPUS.glob("*.wav"))
     audio_seconds = sum(len(load_audio(f)) for f in files) / 16000

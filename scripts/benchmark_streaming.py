@@ -41,7 +41,7 @@ from edgescribe.daemon.config.transcription import TranscriptionConfig  # noqa: 
 from edgescribe.daemon.events import GapEvent  # noqa: E402
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
 from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
-from edgescribe.engines.scoring import corpus_counts, read_transcripts  # noqa: E402
+from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import Collected, spoken_stream, write_wav  # noqa: E402
 
 log = logging.getLogger("benchmark_streaming")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         args.latency_seconds, args.capacity_seconds, args.streams = 30.0, 20.0, "1,2"
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from edgescribe.engines.model import load_model
+    from edgescribe.engines.backend import load_model
 
     model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
     engines = EngineManager(lambda path: model, args.model)

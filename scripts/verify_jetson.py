@@ -23,8 +23,17 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from edgescribe.engines.audio import load_audio, pad_or_trim  # noqa: E402
+from edgescribe.engines.backend import load_model  # noqa: E402
+from edgescribe.engines.errors import EdgescribeError  # noqa: E402
+from edgescribe.engines.onnx_runner import OnnxRunner  # noqa: E402
+from edgescribe.engines.transcribe import TranscribeOptions, transcribe  # noqa: E402
+from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
 
 log = logging.getLogger("verify_jetson")
 
@@ -52,17 +61,11 @@ class Measurement:
 
 
 def measure(args: argparse.Namespace) -> int:
-    from edgescribe.engines.model import load_model
-    from edgescribe.engines.scoring import corpus_counts, read_transcripts
-    from edgescribe.engines.transcribe import TranscribeOptions, transcribe
-
     started = time.monotonic()
     model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
     if args.backend == "onnxruntime":
         # The reference is float32, like the graphs TensorRT builds from (the daemon's CPU path
         # would prefer int8 graphs when the package has them).
-        from edgescribe.engines.onnx_runner import OnnxRunner
-
         started = time.monotonic()
         model.runner = OnnxRunner(model.package, threads=args.threads, prefer_int8=False)
     if model.runner.name != args.backend:
@@ -93,10 +96,6 @@ def measure(args: argparse.Namespace) -> int:
 
 def token_latency_ms(model, wav: Path, steps: int) -> float:
     """Mean wall time of one single-token decoder step (encode and prompt excluded)."""
-    import numpy as np
-
-    from edgescribe.engines.audio import load_audio, pad_or_trim
-
     mel = pad_or_trim(model.log_mel(load_audio(wav)))[None]
     runner = model.runner
     special = model.package.manifest.special_tokens
@@ -155,8 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--max-wer-delta", type=float, default=0.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from edgescribe.engines.errors import EdgescribeError
-
     try:
         return measure(args) if args.command == "measure" else compare(args)
     except EdgescribeError as error:

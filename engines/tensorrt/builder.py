@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from edgescribe.engines.errors import EdgescribeError
-from edgescribe.engines.onnx_export import CACHE_INPUTS, layer_input
-from edgescribe.engines.tensorrt.engine_cache import GRAPHS, EngineBuildError, EngineCache, EngineKey
+from edgescribe.engines.runtime import KV_TENSORS, layer_input
+from edgescribe.engines.tensorrt.engine_cache import GRAPHS, EngineBuildError, EngineCache, EngineKey, engine_keys
 from edgescribe.engines.tensorrt.platform import DeviceFacts
 from edgescribe.engines.tensorrt.seam import NetworkRecipe, Shape
 
@@ -27,28 +27,26 @@ log = logging.getLogger(__name__)
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 # Tensors that only ever live on the device: fp16 halves the K/V cache's memory and bandwidth.
 # mel in and logits out stay fp32 (the host converts nothing, and greedy picks see full precision).
-# A per-layer decoder's K/V inputs (self_k.0, ...) are added by ``half_io``.
-HALF_IO = ("cross_k", "cross_v", "self_k", "self_v", "new_k", "new_v")
+# The decoder's per-layer K/V inputs (self_k.0, ...) are added by ``half_io``.
+HALF_IO = ("cross_k", "cross_v", "new_k", "new_v")
 
 
 @dataclass(frozen=True)
 class KVInput:
-    """One decoder input holding K/V: ``source`` of every layer stacked, or of ``layer`` only."""
+    """One decoder input holding one layer's slice of a K/V buffer."""
 
-    tensor: str  # the input's name in the graph and engine
-    source: str  # "self_k", "self_v", "cross_k" or "cross_v": the stacked buffer it reads
-    layer: Optional[int]  # None when the input is the whole stacked buffer
-
-
-def kv_inputs(layers: int, layer_inputs: bool) -> list[KVInput]:
-    """The decoder's K/V inputs under either graph layout (the manifest's ``decoder_inputs``)."""
-    if not layer_inputs:
-        return [KVInput(name, name, None) for name in CACHE_INPUTS]
-    return [KVInput(layer_input(name, layer), name, layer) for name in CACHE_INPUTS for layer in range(layers)]
+    tensor: str  # the input's name in the graph and engine ("self_k.0", ...)
+    source: str  # "self_k", "self_v", "cross_k" or "cross_v": the buffer of all layers it reads
+    layer: int
 
 
-def half_io(dims, layer_inputs: bool) -> tuple[str, ...]:
-    return HALF_IO + tuple(kv.tensor for kv in kv_inputs(dims.n_text_layer, layer_inputs) if kv.layer is not None)
+def kv_inputs(layers: int) -> list[KVInput]:
+    """The decoder's K/V inputs, one per tensor and layer."""
+    return [KVInput(layer_input(name, layer), name, layer) for name in KV_TENSORS for layer in range(layers)]
+
+
+def half_io(dims) -> tuple[str, ...]:
+    return HALF_IO + tuple(kv.tensor for kv in kv_inputs(dims.n_text_layer))
 
 
 @dataclass(frozen=True)
@@ -79,59 +77,43 @@ class ValidationOutcome:
 Validator = Callable[[], ValidationOutcome]
 
 
-def profiles(dims, options: BuildOptions, layer_inputs: bool) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
+def profiles(dims, options: BuildOptions) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
     """(min, opt, max) shapes per graph input: batch 1..max_batch, tokens 1..max_prompt_tokens.
 
     The opt point is batch 1 and one token: one active speaker decoding token by token is the
-    common case, and it is the per-token step whose latency a listener notices. With
-    ``layer_inputs`` the decoder has one K/V input per layer (one layer's slice of the shape).
+    common case, and it is the per-token step whose latency a listener notices.
     """
     if options.max_prompt_tokens > dims.n_text_ctx:
         raise ValueError(f"max_prompt_tokens {options.max_prompt_tokens} exceeds the model's text context {dims.n_text_ctx}")
     hi, n = options.max_batch, options.max_prompt_tokens
-    layers, ctx, state, audio = dims.n_text_layer, dims.n_text_ctx, dims.n_text_state, dims.n_audio_ctx
+    ctx, state, audio = dims.n_text_ctx, dims.n_text_state, dims.n_audio_ctx
 
     def batched(shape: Callable[[int], Shape]) -> tuple[Shape, Shape, Shape]:
         return shape(1), shape(1), shape(hi)
 
     def kv_shape(kv: KVInput) -> tuple[Shape, Shape, Shape]:
         rows = ctx if kv.source.startswith("self") else audio
-        stacked = (layers,) if kv.layer is None else ()
-        return batched(lambda b: (*stacked, b, rows, state))
+        return batched(lambda b: (b, rows, state))
 
     decoder = {"tokens": ((1, 1), (1, 1), (hi, n)), "offset": batched(lambda b: (b,))}
-    decoder |= {kv.tensor: kv_shape(kv) for kv in kv_inputs(layers, layer_inputs)}
+    decoder |= {kv.tensor: kv_shape(kv) for kv in kv_inputs(dims.n_text_layer)}
     return {"encoder": {"mel": batched(lambda b: (b, dims.n_mels, 3000))}, "decoder": decoder}
 
 
-def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, dims,
-                  layer_inputs: bool) -> dict[str, EngineKey]:
-    shapes = profiles(dims, options, layer_inputs)
-    return {
-        graph: EngineKey(
-            graph=graph,
-            model_sha256=model_sha256,
-            tensorrt_version=facts.tensorrt_version,
-            gpu_name=facts.gpu_name,
-            compute_capability=facts.compute_capability,
-            l4t=facts.l4t,
-            precision=options.precision,
-            profile=tuple((name, *triple) for name, triple in sorted(shapes[graph].items())),
-        )
-        for graph in GRAPHS
-    }
+def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, dims) -> dict[str, EngineKey]:
+    return engine_keys(model_sha256, facts, options.precision, profiles(dims, options))
 
 
-def recipe(onnx_path, graph: str, dims, options: BuildOptions, precision: str, layer_inputs: bool) -> NetworkRecipe:
+def recipe(onnx_path, graph: str, dims, options: BuildOptions, precision: str) -> NetworkRecipe:
     """``precision`` is this graph's compute precision; K/V I/O follows the *requested* one,
     so an encoder built fp16 and a decoder that fell back to fp32 still exchange fp16 K/V."""
     half = options.precision == "fp16"
     return NetworkRecipe(
         onnx_path=onnx_path,
-        profile=profiles(dims, options, layer_inputs)[graph],
+        profile=profiles(dims, options)[graph],
         fp16=precision == "fp16",
         fp32_layer_types=FP32_LAYER_TYPES if precision == "fp16" else (),
-        half_io=half_io(dims, layer_inputs) if half else (),
+        half_io=half_io(dims) if half else (),
         workspace_bytes=options.workspace_mb << 20,
     )
 

@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from edgescribe.engines.errors import EdgescribeError
+from edgescribe.engines.files import file_sha256
+from edgescribe.engines.tensorrt.platform import DeviceFacts
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,31 @@ class EngineKey:
         return [f"{name}: built for {theirs[name]}, now {ours[name]}" for name in names if ours[name] != theirs[name]]
 
 
+Profile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]  # input -> (min, opt, max)
+
+
+def engine_keys(package_sha256: str, facts: DeviceFacts, precision: str = "",
+                profiles: Optional[Mapping[str, Profile]] = None) -> dict[str, EngineKey]:
+    """One key per graph for the package with ``model_sha256(package_dir) == package_sha256`` on this device.
+
+    build-engines passes the precision and the profiles it builds with; the daemon leaves them
+    empty, as it compares only DEVICE_AND_MODEL_FIELDS.
+    """
+    return {
+        graph: EngineKey(
+            graph=graph,
+            model_sha256=package_sha256,
+            tensorrt_version=facts.tensorrt_version,
+            gpu_name=facts.gpu_name,
+            compute_capability=facts.compute_capability,
+            l4t=facts.l4t,
+            precision=precision,
+            profile=tuple((name, *triple) for name, triple in sorted(profiles[graph].items())) if profiles else (),
+        )
+        for graph in GRAPHS
+    }
+
+
 @dataclass(frozen=True)
 class Sidecar:
     key: EngineKey
@@ -112,14 +139,6 @@ class CacheStatus:
 
     ok: bool
     reason: str
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -203,7 +222,7 @@ class EngineCache:
             if differences:
                 return CacheStatus(False, f"{engine} is stale: " + "; ".join(differences))
             size = engine.stat().st_size
-            if size != sidecar.engine_bytes or sha256_file(engine) != sidecar.engine_sha256:
+            if size != sidecar.engine_bytes or file_sha256(engine) != sidecar.engine_sha256:
                 return CacheStatus(
                     False, f"{engine} does not match its sidecar ({size} bytes, sidecar says {sidecar.engine_bytes}): truncated or altered"
                 )
@@ -283,4 +302,4 @@ class EngineCache:
 def model_sha256(package_dir: Path) -> str:
     """The package's identity: its manifest lists the sha256 of every file, so hashing the
     manifest covers graphs, tokenizer and mel filters without re-reading hundreds of MB."""
-    return sha256_file(Path(package_dir) / "manifest.json")
+    return file_sha256(Path(package_dir) / "manifest.json")

@@ -4,9 +4,9 @@ Per 30-s window the mel goes up once and the cross-attention K/V stay on the dev
 decoding step only the tokens (a few bytes) go up and the logits come down. The decoder
 returns each step's new self-attention K/V in a scratch buffer and the runner copies them
 into the caller's cache at each row's offset with strided device-to-device copies, so the
-cache never leaves the GPU. A decoder exported with one K/V input per layer (``self_k.0``, ...)
-reads the same stacked buffers: each input is bound at its layer's offset into them, so there
-is still one cache buffer per window and one optimisation profile. Buffers are sized from the
+cache never leaves the GPU. The decoder takes one K/V input per layer (``self_k.0``, ...); each
+is bound at its layer's offset into one buffer per tensor, so there is one cache buffer per
+window and one optimisation profile. Buffers are sized from the
 engines' own tensor shapes and dtypes (name-based TensorRT 10 API), so fp16 K/V engines and
 fp32 ones run through the same code; the host converts only mel (in) and logits (out).
 
@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from edgescribe.engines.onnx_export import layer_input
 from edgescribe.engines.tensorrt.builder import KVInput, kv_inputs
 from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
 from edgescribe.engines.tensorrt.seam import DeviceBuffer, Shape
@@ -123,14 +122,10 @@ class TensorRTRunner:
             self._encoder = self._deserialize(trt, encoder_plan, where["encoder"])
             self._decoder = self._deserialize(trt, decoder_plan, where["decoder"])
             enc = _check_io(self._encoder, ENCODER_IO, where["encoder"])
-            # The engine's own inputs say how it takes K/V: built from a stacked or a per-layer graph.
-            names = {spec.name for spec in self._decoder.tensors}
-            self.layer_inputs = "self_k" not in names and layer_input("self_k", 0) in names
-            self._kv = kv_inputs(dims.n_text_layer, self.layer_inputs)
+            self._kv = kv_inputs(dims.n_text_layer)
             dec = _check_io(self._decoder, decoder_io(self._kv), where["decoder"])
             self.kv_dtype = self._shared_kv_dtype(enc, dec, self._kv, where)
-            if self.layer_inputs:
-                self._check_layer_alignment(where["decoder"])
+            self._check_layer_alignment(where["decoder"])
             self.max_batch = min(self._encoder.profile_max("mel")[0], self._decoder.profile_max("tokens")[0])
             self.max_tokens = self._decoder.profile_max("tokens")[1]
             self._enc_ctx = self._encoder.create_context()
@@ -139,9 +134,8 @@ class TensorRTRunner:
             self._device, self._host = self._allocate(enc, dec)
         self._bound_kv: tuple = ()  # (batch, buffer addresses) the decoder's K/V inputs are bound to
         log.info(
-            "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s, %s decoder inputs",
+            "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s",
             self.max_batch, self.max_tokens, np.dtype(self.kv_dtype).name,
-            "per-layer" if self.layer_inputs else "stacked",
         )
 
     @staticmethod
@@ -158,7 +152,7 @@ class TensorRTRunner:
         return dtypes.pop()
 
     def _check_layer_alignment(self, where: str) -> None:
-        """Per-layer inputs start ``layer * batch * rows * state`` items into their buffer; every
+        """Layer inputs start ``layer * batch * rows * state`` items into their buffer; every
         Whisper width is a multiple of 128, so in fp16 or fp32 that is 256-byte aligned. Say so
         plainly should a model ever break that, rather than let TensorRT reject an address."""
         dims, itemsize = self._dims, np.dtype(self.kv_dtype).itemsize
@@ -166,8 +160,8 @@ class TensorRTRunner:
             if (rows * dims.n_text_state * itemsize) % ADDRESS_ALIGNMENT:
                 raise EngineBuildError(
                     f"{where}: per-layer K/V inputs of {rows} x {dims.n_text_state} {np.dtype(self.kv_dtype).name} "
-                    f"cannot start {ADDRESS_ALIGNMENT}-byte aligned in one stacked buffer; "
-                    "export it with stacked decoder inputs (write_package(layer_inputs=False))"
+                    f"cannot start {ADDRESS_ALIGNMENT}-byte aligned in one buffer per tensor; this model "
+                    "cannot run on TensorRT (use --backend onnxruntime)"
                 )
 
     def _allocate(self, enc, dec) -> tuple[dict[str, DeviceBuffer], dict[str, np.ndarray]]:
@@ -288,7 +282,7 @@ class TensorRTRunner:
             return host_logits.astype(np.float32, copy=True)
 
     def _bind_kv(self, cache: DeviceCache, cross: DeviceCrossKV, batch: int) -> None:
-        """Bind the K/V inputs to ``cache`` and ``cross``: a per-layer input at its layer's offset.
+        """Bind the K/V inputs to ``cache`` and ``cross``: each layer's input at its layer's offset.
 
         Contexts keep shapes and addresses between runs, so binding is redone only when the
         buffers or the batch change (once per window, not per token: a large model has
@@ -302,13 +296,9 @@ class TensorRTRunner:
         for kv in self._kv:
             rows = dims.n_text_ctx if kv.source.startswith("self") else dims.n_audio_ctx
             layer_shape = (batch, rows, dims.n_text_state)
-            if kv.layer is None:
-                self._dec_ctx.set_input_shape(kv.tensor, (dims.n_text_layer, *layer_shape))
-                self._dec_ctx.set_address(kv.tensor, buffers[kv.source].ptr)
-            else:
-                self._dec_ctx.set_input_shape(kv.tensor, layer_shape)
-                offset = kv.layer * _nbytes(layer_shape, self.kv_dtype)
-                self._dec_ctx.set_address(kv.tensor, buffers[kv.source].ptr + offset)
+            self._dec_ctx.set_input_shape(kv.tensor, layer_shape)
+            offset = kv.layer * _nbytes(layer_shape, self.kv_dtype)
+            self._dec_ctx.set_address(kv.tensor, buffers[kv.source].ptr + offset)
         self._bound_kv = bound
 
     # -- for validation and measurement -----------------------------------------------

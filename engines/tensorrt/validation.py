@@ -20,6 +20,8 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from edgescribe.engines.audio import load_audio, log_mel, pad_or_trim
+
 log = logging.getLogger(__name__)
 
 REFERENCE_WAV = Path(__file__).resolve().parent.parent / "data" / "reference_lj001-0002.wav"
@@ -167,11 +169,9 @@ def compare(
 
 
 def host_cross(runner, cross) -> tuple[np.ndarray, np.ndarray]:
-    """Cross K/V as host float32 arrays, whatever the runner keeps them as."""
+    """Cross K/V as host float32 arrays: TensorRT copies them off the device, ONNX Runtime's are numpy."""
     if hasattr(runner, "cross_to_host"):
         k, v = runner.cross_to_host(cross)
-    elif isinstance(cross, (tuple, list)) and len(cross) == 2:
-        k, v = cross
     else:
         k, v = cross.k, cross.v
     return np.asarray(k, dtype=np.float32), np.asarray(v, dtype=np.float32)
@@ -232,6 +232,4 @@ def validate(
 
 def reference_mel(mel_filters: np.ndarray, wav: Path = REFERENCE_WAV) -> np.ndarray:
     """The reference recording as one 30-s log-mel window, float32 [1, n_mels, 3000]."""
-    from edgescribe.engines.audio import load_audio, log_mel, pad_or_trim
-
     return pad_or_trim(log_mel(load_audio(wav), mel_filters))[None].astype(np.float32)

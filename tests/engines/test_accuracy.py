@@ -1,19 +1,19 @@
 """Accuracy against faster-whisper with the same weights, on the real speech corpus.
 
 Both systems run float32, greedy (beam_size=1), Whisper's temperature fallback, previous-text
-conditioning on, no VAD. Run with ``-s`` to see the per-file tables quoted in docs/benchmarks.md.
+conditioning on, no VAD; both are scored by tests/fixtures/scoring.py (jiwer after Whisper's
+normalisers). Run with ``-s`` to see the per-file tables quoted in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from edgescribe.engines.audio import load_audio
-from edgescribe.engines.scoring import ErrorCounts, character_errors, read_transcripts, word_errors
+from edgescribe.engines.audio import SAMPLE_RATE, load_audio
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 from tests.fixtures.faster_whisper_reference import load_reference, reference_transcribe
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
+from tests.fixtures.scoring import NO_ERRORS, character_errors, read_transcripts, word_errors
 from tests.fixtures.whisper_models import base_model, tiny_en_model  # noqa: F401  (fixtures)
 
 
@@ -21,7 +21,7 @@ def _compare(model, reference_model, directory, language, unit):
     """Transcribe every file with both systems; print the table; return summed counts."""
     references = read_transcripts(directory / "transcripts.tsv")
     count = word_errors if unit == "word" else character_errors
-    ours_total = theirs_total = ErrorCounts(0, 0, 0, 0)
+    ours_total = theirs_total = NO_ERRORS
     identical = 0
     given = None if language == "en" else language
     print(f"\n{'file':34} {unit[0].upper()}ER ours  faster-whisper  same text")
@@ -61,11 +61,11 @@ def test_mandarin_base_matches_faster_whisper(base_model, corpus):
 def _quiet_inputs(corpus):
     rng = np.random.default_rng(7)
     inputs = {
-        "digital silence 5 s": np.zeros(5 * 16000, np.float32),
-        "digital silence 40 s": np.zeros(40 * 16000, np.float32),
-        "white noise -60 dBFS 10 s": rng.standard_normal(10 * 16000) * 10 ** (-60 / 20),
-        "white noise -50 dBFS 60 s": rng.standard_normal(60 * 16000) * 10 ** (-50 / 20),
-        "white noise -40 dBFS 10 s": rng.standard_normal(10 * 16000) * 10 ** (-40 / 20),
+        "digital silence 5 s": np.zeros(5 * SAMPLE_RATE, np.float32),
+        "digital silence 40 s": np.zeros(40 * SAMPLE_RATE, np.float32),
+        "white noise -60 dBFS 10 s": rng.standard_normal(10 * SAMPLE_RATE) * 10 ** (-60 / 20),
+        "white noise -50 dBFS 60 s": rng.standard_normal(60 * SAMPLE_RATE) * 10 ** (-50 / 20),
+        "white noise -40 dBFS 10 s": rng.standard_normal(10 * SAMPLE_RATE) * 10 ** (-40 / 20),
     }
     for path in sorted((corpus / "noise").glob("*.wav")):
         inputs[path.name] = load_audio(path)

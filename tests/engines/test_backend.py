@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import sys
 
+import numpy as np
 import pytest
 
+from edgescribe.daemon import cli
 from edgescribe.engines.backend import create_runner
 from edgescribe.engines.errors import BackendUnavailableError
 from edgescribe.engines.onnx_runner import OnnxRunner
-from edgescribe.engines.tensorrt import seam
-from edgescribe.engines.tensorrt.build_command import build_engines
+from edgescribe.engines.tensorrt import seam, validation
+from edgescribe.engines.tensorrt.build import build_engines
 from edgescribe.engines.tensorrt.builder import BuildOptions
 from edgescribe.engines.tensorrt.platform import read_l4t_release
 from edgescribe.engines.tensorrt.runner import TensorRTRunner
-from tests.fixtures.fake_tensorrt import FakeTensorRT, tiny_per_layer_package  # noqa: F401 (fixture)
+from tests.fixtures.fake_tensorrt import FakeTensorRT
 from tests.fixtures.model_package import onnx_sessions, tiny_package  # noqa: F401 (fixtures)
 
 # First lines of /etc/nv_tegra_release as JetPack 6.2 and 6.1 write them.
@@ -79,8 +82,6 @@ def test_seam_load_here_says_tensorrt_is_missing():
 
 
 def _importable(name: str) -> bool:
-    import importlib.util
-
     return importlib.util.find_spec(name) is not None
 
 
@@ -179,23 +180,11 @@ def test_l4t_upgrade_makes_engines_stale_for_the_daemon(tiny_package, built, tmp
     assert "l4t: built for none, now R36.4.3" in backend_lines(caplog)[-1]
 
 
-@pytest.fixture(scope="module")
-def built_per_layer(tiny_per_layer_package, onnx_sessions, tmp_path_factory):  # noqa: F811
-    return _build_for_fake_orin(tiny_per_layer_package, onnx_sessions, tmp_path_factory.mktemp("engines-per-layer"))
-
-
-@pytest.mark.parametrize("layout", ["built", "built_per_layer"], ids=["stacked inputs", "per-layer inputs"])
-def test_tensorrt_runner_decodes_like_onnx_runtime(tiny_package, layout, request):  # noqa: F811
-    """The runner's device-side cache bookkeeping, exercised through the GPU double, against
-    ONNX Runtime on the shared package (so a per-layer engine is checked against the other layout)."""
-    import numpy as np
-
-    from edgescribe.engines.tensorrt import validation
-
-    engine_dir, fake = request.getfixturevalue(layout)
-    package = request.getfixturevalue("tiny_per_layer_package") if layout == "built_per_layer" else tiny_package
-    runner = create_runner(package, "tensorrt", engine_dir=engine_dir, load_tensorrt=lambda: fake)
-    assert runner.layer_inputs == package.layer_inputs
+def test_tensorrt_runner_decodes_like_onnx_runtime(tiny_package, built):  # noqa: F811
+    """The runner's device-side cache bookkeeping (each layer's K/V input bound at its offset
+    into one buffer), exercised through the GPU double, against ONNX Runtime."""
+    engine_dir, fake = built
+    runner = create_runner(tiny_package, "tensorrt", engine_dir=engine_dir, load_tensorrt=lambda: fake)
     reference = OnnxRunner(tiny_package, threads=1, prefer_int8=False)
     mel = validation.reference_mel(tiny_package.mel_filters())
     mel2 = np.concatenate([mel, np.zeros_like(mel)])  # speech and silence side by side
@@ -218,12 +207,9 @@ def test_tensorrt_runner_decodes_like_onnx_runtime(tiny_package, layout, request
 
 @pytest.mark.skipif(_importable("tensorrt"), reason="checks the machine without TensorRT")
 def test_transcribe_with_backend_tensorrt_here_is_one_error_line(tiny_package, tmp_path, monkeypatch, capsys):  # noqa: F811
-    from edgescribe.daemon import cli
-    from edgescribe.engines.tensorrt.validation import REFERENCE_WAV
-
     monkeypatch.setattr(cli, "COMMANDS", {"transcribe": cli.COMMANDS["transcribe"]})
     code = cli.main(["transcribe", "--model", str(tiny_package.dir), "--backend", "tensorrt",
-                     "--engine-dir", str(tmp_path), str(REFERENCE_WAV)])
+                     "--engine-dir", str(tmp_path), str(validation.REFERENCE_WAV)])
     assert code == 1
     err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("INFO ")]
     assert err == [

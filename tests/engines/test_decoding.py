@@ -9,8 +9,8 @@ import pytest
 
 from edgescribe.engines.audio import load_audio, pad_or_trim
 from edgescribe.engines.decoding import DecodingOptions, compression_ratio, decode, split_at_timestamps
-from edgescribe.engines.scoring import english_normalize
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
+from tests.fixtures.scoring import normalize
 from tests.fixtures.whisper_models import base_model, tiny_en_model  # noqa: F401  (fixtures)
 
 JFK = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
@@ -39,7 +39,7 @@ def _check_timestamp_rules(tokens, begin, max_initial=1.0):
 def test_greedy_with_timestamps(tiny_en_model, windows):
     result = decode(tiny_en_model, windows["jfk_inaugural_1961"][None])[0]
     begin = tiny_en_model.tokenizer.special.timestamp_begin
-    assert english_normalize(result.text) == JFK
+    assert normalize(result.text) == JFK
     assert result.language == "en" and result.language_probs is None
     _check_timestamp_rules(result.tokens, begin)
     assert result.complete and not result.hit_length_limit
@@ -70,7 +70,7 @@ def test_rows_with_different_prompts_and_options(tiny_en_model, windows):
     for row, option in enumerate(options):
         assert batched[row].tokens == decode(tiny_en_model, mel[row : row + 1], option)[0].tokens
     assert all(t < tokenizer.special.eot for t in batched[1].tokens)  # no timestamps asked
-    assert english_normalize(batched[1].text).startswith("lord but i am glad to see you again")
+    assert normalize(batched[1].text).startswith("lord but i am glad to see you again")
 
 
 def test_prefix_is_forced(tiny_en_model, windows):

@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from edgescribe.engines.files import file_sha256
 from edgescribe.engines.tensorrt import engine_cache
 from edgescribe.engines.tensorrt.engine_cache import (
     DEVICE_AND_MODEL_FIELDS,
@@ -15,7 +16,6 @@ from edgescribe.engines.tensorrt.engine_cache import (
     EngineKey,
     atomic_write,
     model_sha256,
-    sha256_file,
 )
 
 PLAN = b"serialised-engine-" * 1000
@@ -92,7 +92,7 @@ def test_fresh_validated_engines_are_ok_and_sidecar_records_key_and_build(tmp_pa
     sidecar = json.loads(cache.sidecar_path("encoder").read_text())
     assert sidecar["key"] == keys["encoder"].to_json()
     assert sidecar["key_digest"] == keys["encoder"].digest()
-    assert sidecar["engine_sha256"] == sha256_file(cache.engine_path("encoder"))
+    assert sidecar["engine_sha256"] == file_sha256(cache.engine_path("encoder"))
     assert sidecar["build_seconds"] == 12.3 and sidecar["built_at"]
     assert sidecar["precision_effective"] == "fp16"
 

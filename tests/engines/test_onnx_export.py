@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgescribe.engines.onnx_export import CACHE_INPUTS, layer_input
-from edgescribe.engines.sources import resolve_builtin
-from edgescribe.engines.weights import load_weights
+from faster_whisper.feature_extractor import FeatureExtractor
+
+from edgescribe.engines.audio import load_audio
+from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.package import ModelPackage
+from edgescribe.engines.package_writer import write_package
+from edgescribe.engines.runtime import KV_TENSORS, layer_input
+from edgescribe.engines.sources import load_weights, resolve_builtin
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 
 
@@ -24,10 +30,6 @@ def _session(path: Path, optimized_to: Path | None = None) -> ort.InferenceSessi
 
 
 def _mel(path: Path, n_mels: int = 80) -> np.ndarray:
-    from faster_whisper.feature_extractor import FeatureExtractor
-
-    from edgescribe.engines.audio import load_audio
-
     mel = FeatureExtractor(feature_size=n_mels)(load_audio(path), padding=480000)[:, :3000]
     return mel[None].astype(np.float32)
 
@@ -37,7 +39,6 @@ class Greedy:
 
     def __init__(self, package, int8: bool = False):
         self.dims = package.dims
-        self.layer_inputs = package.layer_inputs
         encoder, decoder = package.graph_paths(prefer_int8=int8)
         self.encoder, self.decoder = _session(encoder), _session(decoder)
 
@@ -46,7 +47,7 @@ class Greedy:
 
     def step(self, tokens, offsets, cache, cross):
         feed = {"tokens": np.asarray(tokens, np.int64), "offset": np.asarray(offsets, np.int64)}
-        feed |= _kv_feed(dict(zip(CACHE_INPUTS, (*cache, *cross))), self.layer_inputs)
+        feed |= _kv_feed(dict(zip(KV_TENSORS, (*cache, *cross))))
         logits, new_k, new_v = self.decoder.run(None, feed)
         n = new_k.shape[2]
         for b, offset in enumerate(offsets):
@@ -77,11 +78,9 @@ class Greedy:
         return out, chosen
 
 
-def _kv_feed(stacked: dict[str, np.ndarray], layer_inputs: bool) -> dict[str, np.ndarray]:
-    """The decoder's K/V inputs: the stacked arrays, or per-layer views of them."""
-    if not layer_inputs:
-        return stacked
-    return {layer_input(name, layer): array[layer] for name, array in stacked.items() for layer in range(len(array))}
+def _kv_feed(buffers: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The decoder's per-layer K/V inputs: views of each [layers, ...] buffer, as the runners feed them."""
+    return {layer_input(name, layer): array[layer] for name, array in buffers.items() for layer in range(len(array))}
 
 
 @pytest.fixture(scope="module")
@@ -111,14 +110,11 @@ F32, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
 CROSS, CACHE = [4, "batch", 1500, 384], [4, "batch", 448, 384]  # tiny.en
 
 
-def _decoder_inputs_signature(layer_inputs: bool) -> dict:
+def _decoder_inputs_signature() -> dict:
     signature = {"tokens": (I64, ["batch", "n_tokens"]), "offset": (I64, ["batch"])}
-    for name in CACHE_INPUTS:
+    for name in KV_TENSORS:
         shape = CACHE if name.startswith("self") else CROSS
-        if layer_inputs:
-            signature |= {layer_input(name, layer): (F32, shape[1:]) for layer in range(4)}
-        else:
-            signature[name] = (F32, shape)
+        signature |= {layer_input(name, layer): (F32, shape[1:]) for layer in range(4)}
     return signature
 
 
@@ -129,8 +125,9 @@ def test_graph_contract(tiny_en_package):
 
     assert _signature(encoder.graph.input) == {"mel": (F32, ["batch", 80, 3000])}
     assert _signature(encoder.graph.output) == {"cross_k": (F32, CROSS), "cross_v": (F32, CROSS)}
-    # The manifest says which decoder layout the package holds.
-    assert _signature(decoder.graph.input) == _decoder_inputs_signature(tiny_en_package.layer_inputs)
+    assert _signature(decoder.graph.input) == _decoder_inputs_signature()
+    int8_decoder = onnx.load(str(tiny_en_package.file("decoder.int8.onnx")), load_external_data=False)
+    assert _signature(int8_decoder.graph.input) == _decoder_inputs_signature()
     assert _signature(decoder.graph.output) == {
         "logits": (F32, ["batch", dims.n_vocab]),
         "new_k": (F32, [4, "batch", "n_tokens", 384]), "new_v": (F32, [4, "batch", "n_tokens", 384])}
@@ -268,44 +265,22 @@ def test_int8_graphs_agree_with_float(tiny_en_package, corpus):
     assert agree / total >= 0.9, f"int8 agreed on {agree}/{total} tokens"
 
 
-def test_per_layer_inputs_variant_equals_stacked(tiny_en_package, corpus):
-    """Both decoder layouts compute the same logits and new rows from the same cache and cross K/V."""
-    from edgescribe.engines import onnx_export
-
-    weights = load_weights("tiny.en")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    decoders = {layer_inputs: ort.InferenceSession(onnx_export.build_decoder(weights, layer_inputs=layer_inputs)
-                                                   .SerializeToString(), options, providers=["CPUExecutionProvider"])
-                for layer_inputs in (False, True)}
-    model = Greedy(tiny_en_package)
-    cross = model.encode(_mel(corpus / "en" / "arctic_aew_a0001.wav"))
-    special = tiny_en_package.manifest.special_tokens
-    cache = model.new_cache(1)
-    model.step([[special.sot, special.no_timestamps]], [0], cache, cross)  # a real cache: 2 rows filled
-    outputs = {}
-    for layer_inputs, session in decoders.items():
-        feed = {"tokens": np.array([[1374]]), "offset": np.array([2])}
-        feed |= _kv_feed(dict(zip(CACHE_INPUTS, (*cache, *cross))), layer_inputs)  # per-layer: views, no copies
-        outputs[layer_inputs] = session.run(None, feed)
-    for stacked, per_layer in zip(outputs[False], outputs[True]):
-        np.testing.assert_allclose(per_layer, stacked, atol=1e-4, rtol=1e-5)
-    assert outputs[True][1].shape == (4, 1, 1, 384)
-
-
-def test_write_package_records_the_decoder_layout_in_the_manifest(tmp_path):
-    import json
-
-    from edgescribe.engines.package import ModelPackage, write_package
-
-    written = write_package(load_weights("tiny.en"), tmp_path / "tiny.en", layer_inputs=True)
-    assert json.loads((tmp_path / "tiny.en" / "manifest.json").read_text())["decoder_inputs"] == "per_layer"
-    package = ModelPackage.load(tmp_path / "tiny.en")
-    assert package.manifest == written.manifest and package.layer_inputs
-    decoder = onnx.load(str(package.file("decoder.onnx")), load_external_data=False)
-    assert _signature(decoder.graph.input) == _decoder_inputs_signature(layer_inputs=True)
-    # Manifests written before the field existed are stacked packages.
-    manifest = json.loads((tmp_path / "tiny.en" / "manifest.json").read_text())
-    del manifest["decoder_inputs"]
-    (tmp_path / "tiny.en" / "manifest.json").write_text(json.dumps(manifest))
-    assert not ModelPackage.load(tmp_path / "tiny.en", verify=False).layer_inputs
+def test_manifest_records_the_decoder_layout_and_older_layouts_are_refused(tmp_path):
+    """The manifest names the one decoder layout; a stacked package (or one from before the
+    field existed) fails to load with one line naming the file and the fix."""
+    written = write_package(load_weights("tiny.en"), tmp_path / "tiny.en")
+    manifest_path = tmp_path / "tiny.en" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["decoder_inputs"] == "per_layer"
+    assert ModelPackage.load(tmp_path / "tiny.en").manifest == written.manifest
+    for layout in ("stacked", None):
+        if layout is None:
+            del manifest["decoder_inputs"]
+        else:
+            manifest["decoder_inputs"] = layout
+        manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(ModelPackageError) as error:
+            ModelPackage.load(tmp_path / "tiny.en", verify=False)
+        found = "'stacked'" if layout else "missing (stacked)"
+        assert str(error.value) == (f"model package {tmp_path / 'tiny.en'}: manifest.json has decoder_inputs {found}, "
+                                    "this edgescribe reads only 'per_layer' graphs; re-run edgescribe export")

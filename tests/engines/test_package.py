@@ -8,9 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from faster_whisper.feature_extractor import FeatureExtractor  # librosa's algorithm, in numpy
+
+from edgescribe.daemon import cli
+from edgescribe.engines import onnx_export
+from edgescribe.engines.audio import mel_filter_bank
 from edgescribe.engines.errors import ModelPackageError
-from edgescribe.engines.package import ModelPackage, mel_filter_bank, write_package
-from edgescribe.engines.weights import load_weights
+from edgescribe.engines.package import ModelPackage
+from edgescribe.engines.package_writer import write_package
+from edgescribe.engines.sources import load_weights, resolve_builtin
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 
 
@@ -68,8 +74,6 @@ def test_graph_paths(tiny_en_package):
 
 @pytest.mark.parametrize("n_mels", [80, 128])
 def test_mel_filters_equal_librosa_slaney(n_mels):
-    from faster_whisper.feature_extractor import FeatureExtractor  # librosa's algorithm, in numpy
-
     expected = FeatureExtractor(feature_size=n_mels).mel_filters
     np.testing.assert_allclose(mel_filter_bank(n_mels), expected, rtol=1e-6, atol=1e-9)
 
@@ -157,8 +161,6 @@ def test_export_refuses_to_replace_a_directory_that_is_not_a_package(tmp_path):
 
 
 def test_failed_export_leaves_the_old_package(tmp_path, monkeypatch):
-    from edgescribe.engines import onnx_export
-
     weights = load_weights("tiny.en")
     target = tmp_path / "tiny.en"
     target.mkdir()
@@ -180,8 +182,6 @@ def test_failed_export_leaves_the_old_package(tmp_path, monkeypatch):
 @pytest.fixture
 def export_cli(monkeypatch):
     """edgescribe.daemon.cli.main with only the export subcommand registered (other commands are other modules)."""
-    from edgescribe.daemon import cli
-
     monkeypatch.setitem(cli.__dict__, "COMMANDS", {"export": cli.COMMANDS["export"]})
     return cli.main
 
@@ -203,8 +203,6 @@ def test_cli_bad_source_is_one_line(export_cli, tmp_path, capsys):
 
 
 def test_cli_corrupt_model_bin_is_one_line(export_cli, tmp_path, capsys):
-    from edgescribe.engines.sources import resolve_builtin
-
     source = tmp_path / "ct2"
     source.mkdir()
     for name in ("config.json", "tokenizer.json"):

@@ -1,4 +1,5 @@
-"""Text normalisation and error rates (engines/scoring.py)."""
+"""The scorer of the accuracy tests and benchmarks (tests/fixtures/scoring.py): jiwer after
+Whisper's normalisers, corpus rates as total edits over total reference units."""
 
 from __future__ import annotations
 
@@ -6,14 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from edgescribe.engines.scoring import (
+from tests.fixtures.scoring import (
     ErrorCounts,
-    basic_normalize,
     cer,
     character_errors,
     corpus_counts,
-    edit_counts,
-    english_normalize,
+    normalize,
     read_transcripts,
     wer,
     word_errors,
@@ -23,22 +22,16 @@ from edgescribe.engines.scoring import (
 @pytest.mark.parametrize("text,expected", [
     ("Author of the danger trail, Philip Steels, etc.", "author of the danger trail philip steels etc"),
     ("LORD BUT I'M GLAD TO SEE YOU AGAIN PHIL", "lord but i am glad to see you again phil"),
-    ("God bless 'em, I hope I'll go on seeing them forever.", "god bless them i hope i will go on seeing them forever"),
     ("We won't, can't and shouldn't!", "we will not can not and should not"),
     ("[MUSIC] Hello (laughs) world", "hello world"),
     ("Um, uh, so — yes.", "so yes"),
-    ("Mr. Smith paid 1,000 dollars", "mister smith paid 1000 dollars"),
     ("in fourteen fifty-five", "in 1455"),
-    ("in 1455", "in 1455"),
     ("one hundred and five men", "105 men"),
-    ("twenty-five percent", "25 percent"),
-    ("25%", "25 percent"),
-    ("two thousand and twenty", "2020"),
-    ("one two three", "1 2 3"),
-    ("It\u2019s the world\u2019s fresh ornament", "it s the world s fresh ornament"),
+    ("twenty-five percent", "25%"),  # Whisper's normaliser writes percentages as digits and %
+    ("The colour of the harbour", "the color of the harbor"),  # its British -> American table
 ])
-def test_english_normalize(text, expected):
-    assert english_normalize(text) == expected
+def test_english_is_whispers_normaliser(text, expected):
+    assert normalize(text) == expected
 
 
 def test_reference_styles_agree_after_normalisation():
@@ -48,9 +41,9 @@ def test_reference_styles_agree_after_normalisation():
     assert wer(reference, hypothesis) == 0.0
 
 
-def test_basic_normalize_for_other_languages():
-    assert basic_normalize("我认为，跑步最重要！") == "我认为 跑步最重要"
-    assert basic_normalize("Ça VA? «Très» bien.") == "ça va très bien"
+def test_other_languages_get_the_basic_normaliser():
+    assert normalize("我认为，跑步最重要！", "zh") == "我认为 跑步最重要"
+    assert normalize("Ça VA? «Très» bien.", "fr") == "ça va très bien"
 
 
 def test_word_error_counts():
@@ -59,6 +52,7 @@ def test_word_error_counts():
     assert word_errors("a b c", "a c") == ErrorCounts(substitutions=0, deletions=1, insertions=0, reference_length=3)
     assert word_errors("a c", "a b c") == ErrorCounts(substitutions=0, deletions=0, insertions=1, reference_length=2)
     assert wer("a b c", "a x c") == pytest.approx(1 / 3)
+    assert wer("a b c", "") == 1.0
     assert wer("", "") == 0.0 and wer("", "extra") == float("inf")
 
 
@@ -75,14 +69,17 @@ def test_corpus_rate_is_total_edits_over_total_words():
     assert counts.rate == pytest.approx(1 / 12)  # a mean of per-file rates would say 0.25
 
 
+WORDS = st.lists(st.sampled_from(["cat", "dog", "sun", "map"]), max_size=12)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from("abcd"), max_size=12), st.lists(st.sampled_from("abcd"), max_size=12))
-def test_edit_distance_properties(reference, hypothesis):
-    counts = edit_counts(reference, hypothesis)
-    reverse = edit_counts(hypothesis, reference)
+@given(WORDS, WORDS)
+def test_edit_counts_account_for_both_texts(reference, hypothesis):
+    counts = word_errors(" ".join(reference), " ".join(hypothesis))
+    reverse = word_errors(" ".join(hypothesis), " ".join(reference))
     assert counts.errors == reverse.errors  # Levenshtein distance is symmetric
     assert abs(len(reference) - len(hypothesis)) <= counts.errors <= max(len(reference), len(hypothesis))
-    # the operations account for the lengths exactly
+    assert counts.reference_length == len(reference)
     assert len(reference) - counts.deletions + counts.insertions == len(hypothesis)
     assert (counts.errors == 0) == (reference == hypothesis)
 

@@ -9,14 +9,18 @@ import logging
 import time
 
 import numpy as np
+import onnx
 import pytest
 
-from edgescribe.engines.tensorrt.build_command import build_engines
+from edgescribe.engines.tensorrt.build import build_engines
 from edgescribe.engines.tensorrt.builder import FP32_LAYER_TYPES, HALF_IO, BuildOptions, Ticker, profiles, recipe
 from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
 from edgescribe.engines.tensorrt.runner import TensorRTRunner, cache_copies
-from tests.fixtures.fake_tensorrt import FakeTensorRT, tiny_per_layer_package  # noqa: F401 (fixture)
+from tests.fixtures import fake_tensorrt
+from tests.fixtures.fake_tensorrt import FakeTensorRT
 from tests.fixtures.model_package import onnx_sessions, tiny_package  # noqa: F401 (fixtures)
+
+KV_NAMES = {f"{name}.{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in range(4)}  # tiny.en
 
 OPTIONS = BuildOptions(precision="fp16", max_batch=2, max_prompt_tokens=32, workspace_mb=256)
 
@@ -35,45 +39,36 @@ def build(package, out, fake, options=OPTIONS, **kwargs):
 
 def test_profiles_cover_batch_and_prompt_range_with_single_token_opt(tiny_package):  # noqa: F811
     dims = tiny_package.dims
-    shapes = profiles(dims, BuildOptions(max_batch=4, max_prompt_tokens=224), layer_inputs=False)
+    shapes = profiles(dims, BuildOptions(max_batch=4, max_prompt_tokens=224))
     assert shapes["encoder"]["mel"] == ((1, 80, 3000), (1, 80, 3000), (4, 80, 3000))
     assert shapes["decoder"]["tokens"] == ((1, 1), (1, 1), (4, 224))
-    assert shapes["decoder"]["self_k"] == ((4, 1, 448, 384), (4, 1, 448, 384), (4, 4, 448, 384))
-    assert shapes["decoder"]["cross_v"][2] == (4, 4, 1500, 384)
-    with pytest.raises(ValueError, match="exceeds the model's text context 448"):
-        profiles(dims, BuildOptions(max_prompt_tokens=449), layer_inputs=False)
-
-
-def test_per_layer_profiles_name_every_layer_input_with_one_layer_shapes(tiny_per_layer_package):  # noqa: F811
-    dims = tiny_per_layer_package.dims
-    stacked = profiles(dims, BuildOptions(max_batch=4, max_prompt_tokens=224), layer_inputs=False)
-    shapes = profiles(dims, BuildOptions(max_batch=4, max_prompt_tokens=224), layer_inputs=True)
-    kv_names = {f"{name}.{layer}" for name in ("self_k", "self_v", "cross_k", "cross_v") for layer in range(4)}
-    assert set(shapes["decoder"]) == {"tokens", "offset"} | kv_names
+    # one K/V input per layer, each with one layer's shape
+    assert set(shapes["decoder"]) == {"tokens", "offset"} | KV_NAMES
     assert shapes["decoder"]["self_v.3"] == ((1, 448, 384), (1, 448, 384), (4, 448, 384))
     assert shapes["decoder"]["cross_k.0"] == ((1, 1500, 384), (1, 1500, 384), (4, 1500, 384))
-    assert shapes["decoder"]["tokens"] == stacked["decoder"]["tokens"]
-    assert shapes["encoder"] == stacked["encoder"]  # the encoder's outputs stay stacked
-    fp16 = recipe("decoder.onnx", "decoder", dims, OPTIONS, "fp16", layer_inputs=True)
-    assert set(fp16.half_io) == set(HALF_IO) | kv_names
-    # Every input of the exported graph gets a profile shape of its own rank, and nothing else does.
-    import onnx
+    with pytest.raises(ValueError, match="exceeds the model's text context 448"):
+        profiles(dims, BuildOptions(max_prompt_tokens=449))
 
-    graph = onnx.load(str(tiny_per_layer_package.file("decoder.onnx"))).graph
-    ranks = {value.name: len(value.type.tensor_type.shape.dim) for value in graph.input}
-    assert {name: len(triple[0]) for name, triple in fp16.profile.items()} == ranks
+
+def test_every_graph_input_gets_a_profile_of_its_rank_and_nothing_else_does(tiny_package):  # noqa: F811
+    for graph in ("encoder", "decoder"):
+        inputs = onnx.load(str(tiny_package.file(f"{graph}.onnx")), load_external_data=False).graph.input
+        ranks = {value.name: len(value.type.tensor_type.shape.dim) for value in inputs}
+        made = recipe(f"{graph}.onnx", graph, tiny_package.dims, OPTIONS, "fp16")
+        assert {name: len(triple[0]) for name, triple in made.profile.items()} == ranks
 
 
 def test_fp16_recipe_pins_norm_and_softmax_and_halves_only_device_side_kv(tiny_package):  # noqa: F811
     dims = tiny_package.dims
-    fp16 = recipe("decoder.onnx", "decoder", dims, OPTIONS, "fp16", layer_inputs=False)
+    fp16 = recipe("decoder.onnx", "decoder", dims, OPTIONS, "fp16")
     assert fp16.fp16 and {"NORMALIZATION", "SOFTMAX"} <= set(fp16.fp32_layer_types)
-    assert set(fp16.half_io) == set(HALF_IO) and "logits" not in fp16.half_io and "mel" not in fp16.half_io
+    assert set(fp16.half_io) == set(HALF_IO) | KV_NAMES
+    assert "logits" not in fp16.half_io and "mel" not in fp16.half_io
     assert fp16.workspace_bytes == 256 << 20
-    fallback = recipe("decoder.onnx", "decoder", dims, OPTIONS, "fp32", layer_inputs=False)
+    fallback = recipe("decoder.onnx", "decoder", dims, OPTIONS, "fp32")
     assert not fallback.fp16 and fallback.fp32_layer_types == ()
     assert fallback.half_io == fp16.half_io  # must keep exchanging fp16 K/V with an fp16 encoder
-    fp32 = recipe("decoder.onnx", "decoder", dims, BuildOptions(precision="fp32"), "fp32", layer_inputs=False)
+    fp32 = recipe("decoder.onnx", "decoder", dims, BuildOptions(precision="fp32"), "fp32")
     assert fp32.half_io == () and FP32_LAYER_TYPES
 
 
@@ -129,10 +124,8 @@ def test_build_validates_marks_good_then_is_a_no_op(tiny_package, fake, tmp_path
     assert any("up to date; nothing to build" in r.getMessage() for r in caplog.records)
 
 
-def test_per_layer_package_builds_validates_and_binds_each_layer_into_one_buffer(
-    tiny_per_layer_package, fake, tmp_path  # noqa: F811
-):
-    package = tiny_per_layer_package
+def test_package_builds_validates_and_binds_each_layer_into_one_buffer(tiny_package, fake, tmp_path):  # noqa: F811
+    package = tiny_package
     assert build(package, tmp_path, fake) is True
     cache = EngineCache(tmp_path, "tiny.en")
     report = json.loads(cache.good_path.read_text())["report"]
@@ -142,7 +135,6 @@ def test_per_layer_package_builds_validates_and_binds_each_layer_into_one_buffer
 
     with fake.gpu.active():
         runner = TensorRTRunner.from_cache(fake, cache, package.dims)
-    assert runner.layer_inputs
     special = package.manifest.special_tokens
     kv_cache, cross = runner.new_cache(2), runner.encode(np.zeros((2, 80, 3000), np.float32))
     runner.decode(np.array([[special.sot, special.no_timestamps]] * 2), np.array([0, 0]), kv_cache, cross)
@@ -223,8 +215,6 @@ def test_drift_that_survives_the_fallback_fails_and_leaves_engines_unmarked(tiny
 
 
 def test_a_gpu_error_while_validating_is_one_line_naming_the_directory(tiny_package, fake, tmp_path, monkeypatch):  # noqa: F811
-    from tests.fixtures import fake_tensorrt
-
     def fail(self, stream):
         raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
 

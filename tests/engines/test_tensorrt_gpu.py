@@ -12,8 +12,14 @@ import importlib.util
 import numpy as np
 import pytest
 
+from edgescribe.engines.backend import create_runner
 from edgescribe.engines.errors import BackendUnavailableError
-from tests.fixtures.fake_tensorrt import tiny_per_layer_package  # noqa: F401 (fixture)
+from edgescribe.engines.onnx_runner import OnnxRunner
+from edgescribe.engines.tensorrt import seam, validation
+from edgescribe.engines.tensorrt.build import build_engines
+from edgescribe.engines.tensorrt.builder import BuildOptions
+from edgescribe.engines.tensorrt.engine_cache import EngineCache
+from edgescribe.engines.tensorrt.platform import device_facts
 from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 
 REASON = "needs TensorRT 10 and a CUDA GPU (Jetson Orin); run scripts/verify-jetson.sh on the device"
@@ -22,8 +28,6 @@ REASON = "needs TensorRT 10 and a CUDA GPU (Jetson Orin); run scripts/verify-jet
 def _gpu_available() -> bool:
     if importlib.util.find_spec("tensorrt") is None or importlib.util.find_spec("pycuda") is None:
         return False
-    from edgescribe.engines.tensorrt import seam
-
     try:
         seam.load()
     except BackendUnavailableError:
@@ -36,8 +40,6 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not _gpu_available(), reason=R
 
 @pytest.fixture(scope="module")
 def trt():
-    from edgescribe.engines.tensorrt import seam
-
     return seam.load()
 
 
@@ -47,27 +49,18 @@ def engine_dir(tmp_path_factory):
 
 
 def test_device_facts_come_from_the_gpu(trt):
-    from edgescribe.engines.tensorrt.platform import device_facts
-
     facts = device_facts(trt)
     assert facts.tensorrt_version.startswith("10.")
     assert facts.gpu_name and facts.compute_capability.count(".") == 1
 
 
 def test_fp16_build_validates_then_is_a_no_op(trt, tiny_package, engine_dir):  # noqa: F811
-    from edgescribe.engines.tensorrt.build_command import build_engines
-    from edgescribe.engines.tensorrt.builder import BuildOptions
-
     options = BuildOptions(precision="fp16", max_batch=2, max_prompt_tokens=64, workspace_mb=512)
     assert build_engines(tiny_package, engine_dir, options, trt, threads=2) is True
     assert build_engines(tiny_package, engine_dir, options, trt, threads=2) is False
 
 
 def test_runner_matches_onnx_runtime_with_rows_at_different_offsets(trt, tiny_package, engine_dir):  # noqa: F811
-    from edgescribe.engines.backend import create_runner
-    from edgescribe.engines.onnx_runner import OnnxRunner
-    from edgescribe.engines.tensorrt import validation
-
     runner = create_runner(tiny_package, "tensorrt", engine_dir=engine_dir)
     reference = OnnxRunner(tiny_package, threads=2, prefer_int8=False)
     mel = validation.reference_mel(tiny_package.mel_filters())
@@ -86,37 +79,5 @@ def test_runner_matches_onnx_runtime_with_rows_at_different_offsets(trt, tiny_pa
 
 
 def test_fp32_build_meets_fp32_tolerances(trt, tiny_package, tmp_path):  # noqa: F811
-    from edgescribe.engines.tensorrt.build_command import build_engines
-    from edgescribe.engines.tensorrt.builder import BuildOptions
-    from edgescribe.engines.tensorrt.engine_cache import EngineCache
-
     build_engines(tiny_package, tmp_path, BuildOptions(precision="fp32", max_batch=1, max_prompt_tokens=32), trt, threads=2)
     assert EngineCache(tmp_path, tiny_package.dir.name).status({}).ok
-
-
-def test_per_layer_engines_bound_at_layer_offsets_match_the_stacked_reference(
-    trt, tiny_package, tiny_per_layer_package, tmp_path  # noqa: F811
-):
-    """Per-layer decoder inputs bound at offsets into one device buffer, against ONNX Runtime."""
-    from edgescribe.engines.onnx_runner import OnnxRunner
-    from edgescribe.engines.tensorrt import validation
-    from edgescribe.engines.tensorrt.build_command import build_engines
-    from edgescribe.engines.tensorrt.builder import BuildOptions
-    from edgescribe.engines.tensorrt.engine_cache import EngineCache
-    from edgescribe.engines.tensorrt.runner import TensorRTRunner
-
-    build_engines(tiny_per_layer_package, tmp_path, BuildOptions(max_batch=2, max_prompt_tokens=32), trt, threads=2)
-    with trt.gpu.active():
-        runner = TensorRTRunner.from_cache(trt, EngineCache(tmp_path, "tiny.en"), tiny_per_layer_package.dims)
-    assert runner.layer_inputs
-    reference = OnnxRunner(tiny_package, threads=2, prefer_int8=False)
-    mel = validation.reference_mel(tiny_package.mel_filters())
-    special = tiny_package.manifest.special_tokens
-    runners = (reference, runner)
-    caches, crosses = [r.new_cache(2) for r in runners], [r.encode(np.concatenate([mel, mel])) for r in runners]
-    tokens, offsets = np.array([[special.sot, special.no_timestamps]] * 2), np.array([0, 0])
-    for _ in range(4):
-        logits = [r.decode(tokens, offsets, c, x) for r, c, x in zip(runners, caches, crosses)]
-        np.testing.assert_allclose(logits[1], logits[0], atol=validation.TOLERANCES["fp16"].logits_abs)
-        offsets = offsets + tokens.shape[1]
-        tokens = np.argmax(logits[0], axis=-1)[:, None]

@@ -27,7 +27,6 @@ import onnx
 import pytest
 from onnx import TensorProto, defs, helper, shape_inference
 
-from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401 (fixtures)
 
 MATRIX_PATH = Path(__file__).resolve().parents[1] / "data" / "onnx-tensorrt" / "operators.md"
@@ -294,12 +293,7 @@ def check_graph(label: str, path: Path, matrix: SupportMatrix,
 # -- our graphs --------------------------------------------------------------------------------
 
 
-# (label, package fixture, whether its decoder takes per-layer cache inputs)
-PACKAGES = [
-    ("tiny.en per-layer", "tiny_en_package", True),
-    ("tiny.en stacked", "tiny_package", False),
-    ("base per-layer", "base_package", True),
-]
+PACKAGES = {"tiny.en": "tiny_en_package", "base": "base_package"}  # label -> package fixture
 
 
 def test_the_vendored_matrix_is_the_release_the_readme_names(matrix):
@@ -315,11 +309,10 @@ def test_the_vendored_matrix_is_the_release_the_readme_names(matrix):
     assert matrix.opset_min <= PARSER_OPSETS[0] <= PARSER_OPSETS[1] <= matrix.opset_max
 
 
-@pytest.mark.parametrize("label,fixture,layer_inputs", PACKAGES, ids=[label for label, _, _ in PACKAGES])
+@pytest.mark.parametrize("label", PACKAGES)
 @pytest.mark.parametrize("graph", ["encoder", "decoder"])
-def test_our_float32_graphs_import_into_tensorrt_10_3(label, fixture, layer_inputs, graph, matrix, request):
-    package = request.getfixturevalue(fixture)
-    assert package.layer_inputs is layer_inputs, f"{fixture} no longer has the {label} layout"
+def test_our_float32_graphs_import_into_tensorrt_10_3(label, graph, matrix, request):
+    package = request.getfixturevalue(PACKAGES[label])
     encoder, decoder = package.graph_paths(prefer_int8=False)  # what build-engines feeds TensorRT
     path = encoder if graph == "encoder" else decoder
     problems = check_graph(label, path, matrix)

@@ -51,9 +51,9 @@ def real(tensorrt_api):  # noqa: F811
 
 
 def decoder_recipe(precision: str) -> seam.NetworkRecipe:
-    """The recipe builder.py really makes for tiny.en's per-layer decoder."""
+    """The recipe builder.py really makes for tiny.en's decoder."""
     options = BuildOptions(precision=precision, max_batch=2, max_prompt_tokens=32, workspace_mb=256)
-    return recipe(ONNX, "decoder", TINY_EN, options, precision, layer_inputs=True)
+    return recipe(ONNX, "decoder", TINY_EN, options, precision)
 
 
 def decoder_network(real, recipe_: seam.NetworkRecipe) -> ScriptedNetwork:

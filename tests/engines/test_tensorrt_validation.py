@@ -8,12 +8,15 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 
+from edgescribe.engines.files import file_sha256
+from edgescribe.engines.onnx_export import quantize_int8
 from edgescribe.engines.onnx_runner import CrossKV, OnnxRunner
+from edgescribe.engines.package import ModelPackage
 from edgescribe.engines.tensorrt import validation
 from edgescribe.engines.tensorrt.validation import TOLERANCES, Capture, Tolerance, compare, relative_error, top1_agreement
-from edgescribe.engines.weights import file_sha256
 from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 
 
@@ -119,11 +122,6 @@ def test_known_perturbation_is_reported_exactly_and_judged(reference, mel, promp
 @pytest.fixture(scope="module")
 def int8_package(tiny_package, tmp_path_factory):  # noqa: F811
     """tiny.en plus int8 graphs quantised here (the shipped test package is float32 only)."""
-    import onnx
-
-    from edgescribe.engines.onnx_export import quantize_int8
-    from edgescribe.engines.package import ModelPackage
-
     if tiny_package.has_int8():
         yield tiny_package
         return

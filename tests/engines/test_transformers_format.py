@@ -9,10 +9,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from faster_whisper.feature_extractor import FeatureExtractor
+
 from edgescribe.engines import onnx_export
+from edgescribe.engines.audio import load_audio
 from edgescribe.engines.errors import ModelSourceError
-from edgescribe.engines.transformers_format import hf_to_openai, openai_to_hf, read_safetensors, write_transformers
-from edgescribe.engines.weights import expected_tensor_names, load_weights
+from edgescribe.engines.sources import load_weights
+from edgescribe.engines.transformers_format import hf_to_openai, read_safetensors
+from edgescribe.engines.weights import expected_tensor_names
+from tests.fixtures.hf_whisper import openai_to_hf, write_transformers
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +67,6 @@ def test_round_trip_keeps_every_tensor(hf_dir, tiny_weights):
 
 
 def test_graphs_from_either_format_agree(hf_dir, tiny_weights, corpus):
-    from faster_whisper.feature_extractor import FeatureExtractor
-
-    from edgescribe.engines.audio import load_audio
-
     audio = load_audio(corpus / "en" / "arctic_aew_a0001.wav")
     mel = FeatureExtractor(feature_size=80)(audio, padding=480000)[None, :, :3000].astype(np.float32)
     options = ort.SessionOptions()

