@@ -12,9 +12,16 @@ has ``ended=True``. A pause in speech (``PAUSE_AFTER_S`` of non-speech) also sen
 whatever the interval: the end of the utterance is likely ``min_silence_s`` away, and a
 consumer can start its final decode now instead of then. Bursts with less than
 ``min_speech_s`` of speech (door slams, clicks) are never handed out at all: this is the
-only length gate before transcription. Speech longer than ``max_utterance_s`` is cut at its quietest point
-in the last ``cut_search_s`` (between words where there is a between), and the rest starts
-the next utterance.
+only length gate before transcription. Speech longer than ``max_utterance_s`` is cut in
+the last ``cut_search_s`` where the detector was surest there was no speech (between words
+where there is a between), and the rest starts the next utterance.
+
+How much silence ends an utterance depends on the floor (``daemon/noise_floor.py``): under
+loud machine noise the detector's speech probability sags between the words of one
+sentence, and a short silence cuts the sentence into pieces that Whisper decodes without
+each other, making two to three times the errors of the whole (docs/benchmarks.md). So
+``min_silence_s`` holds on a quiet floor, ``noisy_min_silence_s`` on a loud one, and the
+silence needed moves between them as the stream's estimated SNR does.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import numpy as np
 
 from edgescribe.daemon.config.audio import SegmenterOptions, VadOptions
 from edgescribe.daemon.config.transcription import DEFAULT_PARTIAL_INTERVAL_S
+from edgescribe.daemon.noise_floor import NoiseFloor
 from edgescribe.daemon.ring_buffer import AudioBlock
 from edgescribe.daemon.vad import FRAME_SAMPLES, VoiceDetector
 from edgescribe.engines.audio import SAMPLE_RATE
@@ -44,9 +52,18 @@ log = logging.getLogger(__name__)
 # every delay costs a word or three in ~500 and none is better on both sets: the delay is
 # for the mechanism, and it costs 64 ms of the latency the speculation saves.
 PAUSE_AFTER_S = 0.096
+# A speculative decode needs about this long to finish before the end is declared (tiny.en on
+# two CPU cores; less on an Orin). When the floor makes the end wait longer, the pause update
+# waits too, so the decode hears more of the pause and is still done in time.
+_DECODE_HEADROOM_S = 0.2
+# The estimated SNR (dB) at and below which noisy_min_silence_s ends an utterance, and at and
+# above which min_silence_s does; linear in between. Measured on the corpus mixed with the
+# MIMII factory noises (docs/benchmarks.md): the estimate reads within 1-4 dB of the mix's
+# SNR, and sentences start to be cut at false pauses below about 20 dB.
+LOUD_FLOOR_SNR_DB = 10.0
+QUIET_FLOOR_SNR_DB = 20.0
 
 _FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
-_CUT_WINDOW = 320  # 20 ms: energy resolution of the max-length cut (shorter than a syllable)
 _GAP_TOLERANCE_S = 0.5 / SAMPLE_RATE  # audio_start rounding, not a gap
 
 
@@ -65,6 +82,9 @@ class Utterance:
     # trailing silence so far. An ended update with the same speech_end as a pause update
     # differs from it only by that silence. None: unknown (updates built by hand).
     speech_end: Optional[int] = None
+    # seconds of it the detector scored as speech (what the transcriber's gates weigh a
+    # "no speech here" verdict against)
+    speech_s: float = 0.0
 
     @property
     def audio_end(self) -> float:
@@ -74,10 +94,12 @@ class Utterance:
 class _Open:
     """The utterance being collected."""
 
-    def __init__(self, audio_start: float, wall_start: float, frames: list[np.ndarray], speech_s: float):
+    def __init__(self, audio_start: float, wall_start: float, frames: list[np.ndarray], probs: list[float],
+                 speech_s: float):
         self.audio_start = audio_start
         self.wall_start = wall_start
-        self.frames = frames
+        self.frames = frames  # whole 32-ms frames, but for a last partial one at flush
+        self.probs = probs  # the detector's speech probability of each frame
         self.n_samples = sum(len(f) for f in frames)
         self.speech_s = speech_s  # frames that were speech, for min_speech_s
         self.silence_s = 0.0  # trailing run of silent frames
@@ -85,8 +107,9 @@ class _Open:
         self.utterance_id: Optional[str] = None  # assigned when first handed out
         self.last_update_s = 0.0  # utterance length at the last update
 
-    def append(self, frame: np.ndarray) -> None:
+    def append(self, frame: np.ndarray, prob: float) -> None:
         self.frames.append(frame)
+        self.probs.append(prob)
         self.n_samples += len(frame)
 
     @property
@@ -116,12 +139,16 @@ class Segmenter:
         # None: no periodic updates, only pauses and ends
         self.update_interval_s = update_interval_s
         self._counter = 0
-        self._pre_roll: deque[np.ndarray] = deque(maxlen=max(0, int(round(options.pre_roll_s / _FRAME_S))))
+        self._pre_roll: deque[tuple[np.ndarray, float]] = deque(maxlen=max(0, int(round(options.pre_roll_s / _FRAME_S))))
+        self.floor = NoiseFloor()
         self._pending = np.zeros(0, np.float32)  # samples short of a whole frame
         self._pending_start = 0.0  # audio time of _pending[0]
         self._pending_wall = 0.0
         self._expected: Optional[float] = None  # audio time the next block should start at
         self._open: Optional[_Open] = None
+        # what the segmenter's own rules did, for health (read from another thread: plain ints)
+        self.discarded_bursts = 0  # utterances under min_speech_s, never transcribed
+        self.length_cuts = 0  # utterances cut at max_utterance_s
 
     def push(self, block: AudioBlock) -> list[Utterance]:
         out: list[Utterance] = []
@@ -148,7 +175,7 @@ class Segmenter:
     def flush(self) -> list[Utterance]:
         """End of input: close the open utterance (with the last partial frame), forget state."""
         if self._open is not None and len(self._pending):
-            self._open.append(self._pending)
+            self._open.append(self._pending, 0.0)
         out = self._close()
         self._restart()
         self._expected = None
@@ -159,20 +186,23 @@ class Segmenter:
     def _frame(self, frame: np.ndarray, audio_time: float, wall_time: float) -> list[Utterance]:
         frame = frame.copy()  # _pending is reused; utterances keep their own frames
         prob = self.vad.speech_prob(frame)
+        self.floor.update(frame, speech=prob >= self.threshold, silence=prob < self.off_threshold)
         o = self.options
         current = self._open
         if current is None:
             if prob >= self.threshold:
                 pre = list(self._pre_roll)
                 start = audio_time - len(pre) * _FRAME_S
-                self._open = _Open(start, wall_time - len(pre) * _FRAME_S, pre + [frame], _FRAME_S)
+                self._open = _Open(start, wall_time - len(pre) * _FRAME_S, [f for f, _ in pre] + [frame],
+                                   [p for _, p in pre] + [prob], _FRAME_S)
                 self._pre_roll.clear()
                 return self._maybe_update()
-            self._pre_roll.append(frame)
+            self._pre_roll.append((frame, prob))
             return []
 
-        current.append(frame)
+        current.append(frame, prob)
         pause = False
+        ends_after = self.silence_to_end()
         if prob >= self.off_threshold:
             current.speech_s += _FRAME_S
             current.silence_s = 0.0
@@ -180,12 +210,23 @@ class Segmenter:
         else:
             before = current.silence_s
             current.silence_s += _FRAME_S
-            pause = before < PAUSE_AFTER_S - 1e-9 <= current.silence_s
-        if current.silence_s >= o.min_silence_s - 1e-9:
+            pause_after = max(PAUSE_AFTER_S, ends_after - _DECODE_HEADROOM_S)
+            pause = before < pause_after - 1e-9 <= current.silence_s
+        if current.silence_s >= ends_after - 1e-9:
             return self._close()
         if current.length_s >= o.max_utterance_s - 1e-9:
             return self._cut()
         return self._maybe_update(pause)
+
+    def silence_to_end(self) -> float:
+        """The silence that ends an utterance now: longer the louder the floor (module docstring)."""
+        quiet, loud = self.options.min_silence_s, self.options.noisy_min_silence_s
+        snr = self.floor.snr_db()
+        if snr is None or snr >= QUIET_FLOOR_SNR_DB:
+            return quiet
+        if snr <= LOUD_FLOOR_SNR_DB:
+            return loud
+        return loud + (quiet - loud) * (snr - LOUD_FLOOR_SNR_DB) / (QUIET_FLOOR_SNR_DB - LOUD_FLOOR_SNR_DB)
 
     def _maybe_update(self, pause: bool = False) -> list[Utterance]:
         """The periodic update if one is due; at a pause, an update anyway (flagged ``pause``)."""
@@ -207,21 +248,26 @@ class Segmenter:
             return []
         if current.speech_s < self.options.min_speech_s - 1e-9:
             log.debug("stream %s: %.2f s of speech discarded (min_speech_s)", self.stream, current.speech_s)
+            self.discarded_bursts += 1
             return []
         return [self._utterance(current, ended=True)]
 
     def _cut(self) -> list[Utterance]:
-        """Close the over-long utterance at its quietest point; the rest opens the next one."""
+        """Close the over-long utterance where speech was least likely; the rest opens the next one."""
         current = self._open
-        samples = current.samples()
-        cut = quietest_point(samples, len(samples) - int(self.options.cut_search_s * SAMPLE_RATE), len(samples))
-        head, tail = samples[:cut], samples[cut:]
-        current.frames, current.n_samples = [head], len(head)
-        current.speech_end = min(current.speech_end, cut)
+        search = int(round(self.options.cut_search_s / _FRAME_S))
+        frame = cut_frame(current.probs, current.frames, max(1, len(current.frames) - search), len(current.frames),
+                          self.off_threshold)
+        tail_frames, tail_probs = current.frames[frame:], current.probs[frame:]
+        current.frames, current.probs = current.frames[:frame], current.probs[:frame]
+        current.n_samples = sum(len(f) for f in current.frames)
+        current.speech_end = min(current.speech_end, current.n_samples)
         closed = self._utterance(current, ended=True)
-        offset = cut / SAMPLE_RATE
+        self.length_cuts += 1
+        offset = current.n_samples / SAMPLE_RATE
         # the tail is speech in progress: it counts as speech so it is never discarded as a click
-        self._open = _Open(current.audio_start + offset, current.wall_start + offset, [tail], len(tail) / SAMPLE_RATE)
+        tail_s = sum(len(f) for f in tail_frames) / SAMPLE_RATE
+        self._open = _Open(current.audio_start + offset, current.wall_start + offset, tail_frames, tail_probs, tail_s)
         return [closed]
 
     def _utterance(self, current: _Open, ended: bool, pause: bool = False) -> Utterance:
@@ -229,7 +275,7 @@ class Segmenter:
             self._counter += 1
             current.utterance_id = f"{self.stream}-{int(current.wall_start * 1000)}-{self._counter}"
         return Utterance(self.stream, current.utterance_id, current.audio_start, current.wall_start,
-                         current.samples(), ended, pause, current.speech_end)
+                         current.samples(), ended, pause, current.speech_end, current.speech_s)
 
     def _restart(self) -> None:
         self.vad.reset()
@@ -237,19 +283,27 @@ class Segmenter:
         self._pending = np.zeros(0, np.float32)
 
 
-def quietest_point(samples: np.ndarray, start: int, stop: int) -> int:
-    """Sample index in [start, stop) at the centre of the quietest 20-ms window (60-ms smoothed).
+def cut_frame(probs: list[float], frames: list[np.ndarray], first: int, stop: int, pause_below: float) -> int:
+    """Index in [first, stop) of the frame to cut before.
 
-    Smoothing over three windows prefers a real pause to a single quiet instant inside a
-    word (a stop consonant's closure).
+    Where the detector heard a pause (a smoothed speech probability under ``pause_below``),
+    the cut goes where it was surest, near-ties (within 0.02) to the quieter frame: under
+    steady machine noise the quietest instant is as likely to fall inside a word as between
+    two. Where it heard none (fluent reading on a quiet line), the cut goes to the quietest
+    frame, between words if there is a between. Smoothing over three frames (about 100 ms)
+    makes a real pause beat a lone dip inside a word (a stop consonant's closure).
     """
-    start = max(0, start)
-    windows = (stop - start) // _CUT_WINDOW
-    if windows < 1:
+    if stop - first < 1:
         return stop
-    region = samples[start : start + windows * _CUT_WINDOW].reshape(windows, _CUT_WINDOW)
-    energy = np.mean(np.square(region, dtype=np.float64), axis=1)
-    if windows >= 3:
-        energy = np.convolve(energy, np.ones(3) / 3, mode="same")
-    best = int(np.argmin(energy))
-    return start + best * _CUT_WINDOW + _CUT_WINDOW // 2
+    smoothed = _smooth(np.asarray(probs, np.float64))[first:stop]
+    energy = _smooth(np.array([np.mean(np.square(f, dtype=np.float64)) for f in frames]))[first:stop]
+    if smoothed.min() < pause_below:
+        candidates = np.flatnonzero(smoothed <= smoothed.min() + 0.02)
+    else:
+        candidates = np.arange(stop - first)
+    return first + int(candidates[np.argmin(energy[candidates])])
+
+
+def _smooth(values: np.ndarray) -> np.ndarray:
+    """Three-point moving average, the ends repeated (no pull towards zero at the edges)."""
+    return np.convolve(np.pad(values, 1, mode="edge"), np.ones(3) / 3, mode="valid")

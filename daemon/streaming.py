@@ -71,6 +71,11 @@ _CUT_TOLERANCE_S = 0.05
 # Longest run of words the boundary de-duplication removes: about the 1-2 s of audio a
 # segmenter pre-roll can repeat. Longer matches are more likely to be real speech.
 _MAX_REPEATED_WORDS = 6
+# An utterance with at least this much speech (by the voice detector) is not dropped as
+# silence on the first decode's word: the gates must find it silent at every temperature.
+# Below it, bursts are short enough that a wrong "silence" costs a word or two, and a hotter
+# decode of a door slam only invents some.
+DOUBT_SILENCE_AFTER_S = 2.0
 
 
 def _word_key(word: str) -> str:
@@ -194,6 +199,7 @@ class StreamMemory:
     previous_text: str = ""  # the last final that had words: condition_on_previous_text
     previous_audio_end: float = -1e9  # where the last utterance ended: the next continues it if it starts there
     speculations: collections.Counter = field(default_factory=collections.Counter)  # started / reused / discarded
+    drops: collections.Counter = field(default_factory=collections.Counter)  # what the gates kept out of finals
 
 
 @dataclass(frozen=True)
@@ -206,6 +212,16 @@ class SpeculationCounts:
     started: int  # final decodes begun at a pause
     reused: int  # became the final's first decode: no speech after the pause
     discarded: int  # withdrawn or ignored: speech resumed, the prompt changed, it failed, or the stream stopped
+
+
+@dataclass(frozen=True)
+class DropCounts:
+    """What one stream's finals left out since start, by the rule that did it."""
+
+    no_speech: int  # windows judged silent (no-speech probability high, text unlikely)
+    compression_ratio: int  # windows still looping at every temperature
+    repeated_words: int  # words a cut utterance repeated from the previous final
+    empty_finals: int  # ended utterances that gave no text at all (nothing published)
 
 
 @dataclass(frozen=True)
@@ -270,6 +286,7 @@ class LiveUtterance:
         self._attempts: list[list[Any]] = []  # every result so far, per window
         self._ended_at = 0.0  # monotonic time the ended update arrived
         self._duration = 0.0
+        self._speech_s = 0.0  # what the voice detector scored as speech in it
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -370,6 +387,7 @@ class LiveUtterance:
         self.phase = Phase.DECODING_FINAL
         self._ended_at = time.monotonic()
         self._duration = len(ended.samples) / SAMPLE_RATE
+        self._speech_s = ended.speech_s
         stream.previous_audio_end = ended.audio_end
         speculation = self._speculation
         if speculation is not None and self._speculation_stands_for(ended, stream):
@@ -412,21 +430,34 @@ class LiveUtterance:
         if retry is not None:
             self._final = retry
             return [Queue(retry, urgent=True)]
-        kept = [r for r in self._results if self._settings.gates.is_usable(r)]
-        words = self._dedupe(stream, " ".join(r.text.strip() for r in kept).split())
+        gates = self._settings.gates
+        kept = [r for r in self._results if gates.is_usable(r)]
+        for result in self._results:
+            if gates.is_silent(result):
+                stream.drops["no_speech"] += 1
+            elif gates.is_looping(result):
+                stream.drops["compression_ratio"] += 1
+        words = self._dedupe_final(stream, " ".join(r.text.strip() for r in kept).split())
         return self._finish(stream, outcome, words, kept)
 
     def _keep_passing(self, outcome: DecodeOutcome, stream: StreamMemory) -> Optional[DecodeRequest]:
         """Keep the results that need no fallback; returns the retry at the next temperature
         for the others, if there is one. When every temperature fails, the gates pick the best
-        attempt (as the offline pipeline does); one that still loops is then left out of the text."""
+        attempt (as the offline pipeline does); one that still loops is then left out of the text.
+
+        Beyond Whisper's rules: when the voice detector heard at least ``DOUBT_SILENCE_AFTER_S``
+        of speech, a "no speech here" verdict is doubted and the window decoded again hotter,
+        like a failed one. The no-speech probability does not change with temperature, but
+        the text's likelihood does: speech that the model reads with confidence at a higher
+        temperature is kept, and only what stays improbable is dropped (and counted)."""
         gates = self._settings.gates
         higher = [t for t in self._settings.config.temperatures if t > outcome.request.temperature]
         pending = [i for i, r in enumerate(self._results) if r is None]
+        doubt_silence = self._speech_s >= DOUBT_SILENCE_AFTER_S
         retry_windows = []
         for index, result in zip(pending, outcome.results):
             self._attempts[index].append(result)
-            if not gates.needs_fallback(result):
+            if not (gates.needs_fallback(result) or (doubt_silence and gates.is_silent(result))):
                 self._results[index] = result
             elif higher:
                 retry_windows.append(index)
@@ -447,6 +478,7 @@ class LiveUtterance:
             stream.previous_text = " ".join(words)
         actions: list[Action] = [Release(self._lease)]
         if not words and not self._published:
+            stream.drops["empty_finals"] += 1
             log.debug("%s: utterance %s gave no text (gated), nothing published", self._settings.stream, self.utterance_id)
             return actions
         # an utterance whose partials went out is always closed by a final, even an empty one
@@ -475,6 +507,11 @@ class LiveUtterance:
 
     def _dedupe(self, stream: StreamMemory, words: list[str]) -> list[str]:
         return strip_repeated_prefix(stream.previous_words, words) if self._continues else words
+
+    def _dedupe_final(self, stream: StreamMemory, words: list[str]) -> list[str]:
+        kept = self._dedupe(stream, words)
+        stream.drops["repeated_words"] += len(words) - len(kept)
+        return kept
 
     def _event(self, kind: str, stable: list[str], tail: list[str], results: list[Any], outcome: DecodeOutcome,
                audio_end: float, latency: float) -> TranscriptEvent:
@@ -544,6 +581,13 @@ class StreamTranscriber:
         with self._lock:
             counts = self._memory.speculations
             return SpeculationCounts(counts["started"], counts["reused"], counts["discarded"])
+
+    def drop_counts(self) -> DropCounts:
+        """A consistent copy of what the gates kept out of this stream's finals (health thread)."""
+        with self._lock:
+            drops = self._memory.drops
+            return DropCounts(drops["no_speech"], drops["compression_ratio"], drops["repeated_words"],
+                              drops["empty_finals"])
 
     def close(self) -> None:
         """Forget open utterances (stream stopped); their finals already queued still arrive."""

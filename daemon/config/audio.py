@@ -147,6 +147,17 @@ class SegmenterOptions(Section):
         max=5.0,
         unit="s",
     )
+    noisy_min_silence_s: float = setting(
+        0.45,
+        "Silence that ends an utterance when the floor is loud (estimated SNR 10 dB or less; "
+        "between 10 and 20 dB the silence moves from min_silence_s to this). Under machine noise "
+        "the speech detector dips between words, and a short silence cuts sentences into pieces "
+        "that are transcribed worse apart than together. Set it equal to min_silence_s to turn "
+        "the adaptation off.",
+        min=0.05,
+        max=5.0,
+        unit="s",
+    )
     pre_roll_s: float = setting(
         0.3, "Audio kept from before the detected start, so soft first consonants are not clipped.",
         min=0.0, max=2.0, unit="s",
@@ -162,14 +173,14 @@ class SegmenterOptions(Section):
     )
     max_utterance_s: float = setting(
         25.0,
-        "Longest utterance; longer speech is cut at its quietest point in the last cut_search_s "
-        "and continues as a new utterance. Whisper reads at most 30 s at once.",
+        "Longest utterance; longer speech is cut where speech was least likely in the last "
+        "cut_search_s and continues as a new utterance. Whisper reads at most 30 s at once.",
         min=2.0,
         max=29.0,
         unit="s",
     )
     cut_search_s: float = setting(
-        3.0, "How far back from max_utterance_s the quietest cut point is looked for.",
+        3.0, "How far back from max_utterance_s the cut point is looked for.",
         min=0.2, max=10.0, unit="s",
     )
 
@@ -177,4 +188,6 @@ class SegmenterOptions(Section):
         found = []
         if self.cut_search_s >= self.max_utterance_s:
             found.append(("cut_search_s", "must be shorter than max_utterance_s"))
+        if self.noisy_min_silence_s < self.min_silence_s:
+            found.append(("noisy_min_silence_s", "must not be shorter than min_silence_s"))
         return found

@@ -1,4 +1,4 @@
-"""Segmentation of real speech: boundaries, pre-roll, update pacing, max-length cuts, gaps."""
+"""Segmentation of real speech: boundaries, pre-roll, update pacing, max-length cuts, gaps, loud floors."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from edgescribe.daemon.capture import AudioBlock
 from edgescribe.daemon.config.audio import SegmenterOptions
-from edgescribe.daemon.segmenter import PAUSE_AFTER_S, Segmenter, quietest_point
+from edgescribe.daemon.segmenter import PAUSE_AFTER_S, Segmenter, cut_frame
 from edgescribe.daemon.vad import FRAME_SAMPLES, EnergyVad, SileroVad
 from edgescribe.engines.audio import load_audio
 
@@ -123,7 +123,8 @@ def test_a_pause_update_comes_after_a_short_silence_whatever_the_interval(two_ut
 def test_max_length_cuts_in_a_quiet_moment_and_continues(corpus):
     speech = np.concatenate([load_audio(corpus / f"en/lj_LJ001-000{i}.wav") for i in (5, 6, 7)])
     options = SegmenterOptions(max_utterance_s=8.0, cut_search_s=3.0, min_silence_s=1.0)
-    finals = [u for u in run(Segmenter("mic", options, SileroVad()), speech) if u.ended]
+    segmenter = Segmenter("mic", options, SileroVad())
+    finals = [u for u in run(segmenter, speech) if u.ended]
     assert len(finals) >= 3
     cuts = 0
     for before, after in zip(finals, finals[1:]):
@@ -140,6 +141,7 @@ def test_max_length_cuts_in_a_quiet_moment_and_continues(corpus):
         at_cut = np.mean(speech[cut - 160 : cut + 160] ** 2)
         assert at_cut <= np.quantile(energy, 0.05)
     assert cuts >= 2  # 22 s of unbroken reading, 8-s limit
+    assert segmenter.length_cuts == cuts
     joined = np.concatenate([u.samples for u in finals])
     first = round(finals[0].audio_start * RATE)
     np.testing.assert_array_equal(joined, speech[first : first + len(joined)])
@@ -148,7 +150,8 @@ def test_max_length_cuts_in_a_quiet_moment_and_continues(corpus):
 def test_short_bursts_are_discarded(corpus):
     room = np.full(3 * RATE, 1e-4, np.float32)
     room[RATE : RATE + 1600] = 0.5 * np.sin(np.arange(1600) * 0.3)  # a 0.1-s clank
-    assert run(Segmenter("mic", SegmenterOptions(min_speech_s=0.25), EnergyVad()), room) == []
+    segmenter = Segmenter("mic", SegmenterOptions(min_speech_s=0.25), EnergyVad())
+    assert run(segmenter, room) == [] and segmenter.discarded_bursts == 1
     room[RATE : RATE + 8000] = 0.5 * np.sin(np.arange(8000) * 0.3)  # 0.5 s of loud sound
     finals = [u for u in run(Segmenter("mic", SegmenterOptions(min_speech_s=0.25), EnergyVad()), room) if u.ended]
     assert len(finals) == 1
@@ -180,9 +183,55 @@ def test_flush_closes_the_open_utterance(corpus):
     assert segmenter.flush() == []
 
 
-def test_quietest_point_finds_the_pause():
-    rng = np.random.default_rng(1)
-    loud = rng.standard_normal(RATE * 3).astype(np.float32) * 0.3
-    loud[int(1.7 * RATE) : int(1.8 * RATE)] *= 0.01  # a 100-ms pause
-    cut = quietest_point(loud, 0, len(loud))
-    assert int(1.7 * RATE) <= cut <= int(1.8 * RATE)
+def test_the_cut_goes_where_the_detector_heard_no_speech():
+    """Under steady noise the quietest instant can fall inside a word; the cut follows the detector."""
+    def frame(level):
+        return np.full(FRAME_SAMPLES, level, np.float32)
+
+    frames, probs = [frame(0.3) for _ in range(60)], [0.9] * 60
+    frames[20], probs[20] = frame(0.003), 0.5  # a stop consonant's closure: quiet, but inside a word
+    probs[36:45] = [0.05] * 9  # a real pause: no quieter than the words, but the detector is sure
+    assert 36 <= cut_frame(probs, frames, 0, 60, pause_below=0.35) <= 44
+    frames[41:44] = [frame(0.03)] * 3  # within the pause, the quietest moment
+    assert cut_frame(probs, frames, 0, 60, pause_below=0.35) == 42
+    probs[36:45] = [0.9] * 9  # no pause heard at all: the quietest ~100 ms
+    assert cut_frame(probs, frames, 0, 60, pause_below=0.35) == 42
+    frames[41:44] = [frame(0.3)] * 3
+    assert 19 <= cut_frame(probs, frames, 0, 60, pause_below=0.35) <= 21
+
+
+def in_noise(speech: np.ndarray, noise: np.ndarray, snr_db: float) -> np.ndarray:
+    """``speech`` with 2 s of lead and tail, and ``noise`` running throughout at ``snr_db``."""
+    padded = np.concatenate([np.zeros(2 * RATE, np.float32), speech, np.zeros(2 * RATE, np.float32)])
+    looped = np.resize(noise, len(padded)).astype(np.float64)
+    gain = np.sqrt(np.mean(speech.astype(np.float64) ** 2)) / (np.sqrt(np.mean(looped**2)) * 10 ** (snr_db / 20))
+    return (padded + gain * looped).astype(np.float32)
+
+
+def test_a_loud_floor_needs_a_longer_silence_to_end_an_utterance(corpus):
+    speech = load_audio(corpus / "en/ls_1998-15444-0002.wav")
+    pump = load_audio(corpus / "noise/factory_mimii_pump.wav")
+    options = SegmenterOptions()
+    quiet = Segmenter("mic", options, SileroVad())
+    run(quiet, in_noise(speech, pump, 40.0))
+    loud = Segmenter("mic", options, SileroVad())
+    run(loud, in_noise(speech, pump, 5.0))
+    assert quiet.floor.snr_db() > 30 and quiet.silence_to_end() == options.min_silence_s
+    assert loud.floor.snr_db() < 10 and loud.silence_to_end() == options.noisy_min_silence_s
+
+
+def test_a_sentence_in_factory_noise_is_not_cut_at_false_pauses(corpus):
+    """A 9-s sentence that a quiet room cuts once (at a real pause) and pump noise at 10 dB
+    cut twice with the quiet room's silence rule: with the floor-aware rule it is cut no
+    more often than in the quiet room."""
+    speech = load_audio(corpus / "en/ls_1998-15444-0002.wav")
+    pump = load_audio(corpus / "noise/factory_mimii_pump.wav")
+
+    def pieces(signal, options):
+        return sum(u.ended for u in run(Segmenter("mic", options, SileroVad()), signal))
+
+    quiet_room = pieces(in_noise(speech, pump, 60.0), SegmenterOptions())
+    noisy = in_noise(speech, pump, 10.0)
+    fixed_silence = pieces(noisy, SegmenterOptions(noisy_min_silence_s=SegmenterOptions().min_silence_s))
+    floor_aware = pieces(noisy, SegmenterOptions())
+    assert fixed_silence > quiet_room >= floor_aware >= 1

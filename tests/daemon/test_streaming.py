@@ -372,6 +372,47 @@ def test_a_likely_silent_result_at_the_log_probability_threshold_is_dropped_and_
     assert events.finals() == []  # and it is silence, not text
 
 
+def _silent_when_cold(seen):
+    """A real decode made to look like silence (no-speech 0.9) that only a hotter decode
+    reads with confidence, as Whisper does with a quiet talker on a loud floor."""
+
+    def decode_quiet_talker(model, mel, options):
+        seen.extend(option.temperature for option in options)
+        return [
+            dataclasses.replace(r, no_speech_prob=0.9, avg_logprob=-1.5 if option.temperature == 0.0 else -0.5)
+            for option, r in zip(options, decode(model, mel, options))
+        ]
+
+    return decode_quiet_talker
+
+
+@pytest.mark.parametrize("speech_s", [3.0, 0.5])
+def test_speech_the_detector_heard_is_decoded_hotter_before_it_is_dropped_as_silence(corpus, tiny_en_model, speech_s):
+    """Several seconds of detected speech outweigh one cold "no speech" verdict (issue: a whole
+    15-s sentence in factory noise vanished); a short burst keeps Whisper's rule."""
+    seen = []
+    config = TranscriptionConfig(partials=False)
+    scheduler = InferenceScheduler(decode=_silent_when_cold(seen))
+    scheduler.start()
+    events = Collected()
+    transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_en_model), events)
+    try:
+        audio = load_audio_file(corpus, "ls_1089-134691-0000")
+        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, audio, True, speech_s=speech_s))
+        assert scheduler.wait_idle(120)
+    finally:
+        scheduler.stop()
+    drops = transcriber.drop_counts()
+    if speech_s >= 2.0:
+        assert seen == [0.0, 0.2]
+        (final,) = events.finals()
+        assert "longer" in final.text.lower() and final.confidence.temperature == 0.2
+        assert (drops.no_speech, drops.empty_finals) == (0, 0)
+    else:
+        assert seen == [0.0] and events.finals() == []
+        assert (drops.no_speech, drops.empty_finals) == (1, 1)
+
+
 def test_a_burst_shorter_than_the_segmenters_min_speech_is_never_decoded(corpus, tiny_en_model):
     """One gate decides what is too short to transcribe: the segmenter's min_speech_s."""
     audio = load_audio_file(corpus, "ls_1089-134691-0000")
