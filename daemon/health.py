@@ -26,7 +26,7 @@ from edgescribe.daemon.config.mqtt import HealthConfig
 from edgescribe.daemon.mqtt_link import LinkStats
 from edgescribe.daemon.outbox import OutboxStats
 from edgescribe.daemon.publisher import iso_utc
-from edgescribe.daemon.streaming import SpeculationCounts
+from edgescribe.daemon.streaming import DropCounts, SpeculationCounts
 from edgescribe.daemon.sysfs import read_jetson
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,10 @@ class StreamHealth:
     finals: int
     # final decodes started at a pause, and what became of them
     speculative_finals: SpeculationCounts
+    snr_db: Optional[float]  # speech over floor, as the segmenter estimates it; None until both were heard
+    dropped: DropCounts  # what the transcriber's gates kept out of finals
+    discarded_bursts: int  # sounds shorter than segmenter.min_speech_s, never transcribed
+    length_cuts: int  # utterances cut at segmenter.max_utterance_s
 
 
 @dataclass(frozen=True)

@@ -64,7 +64,8 @@ class HealthCollector:
         streams = s.get("streams") or {}
         for key, doc in (("level_dbfs", "Input level (dBFS)"), ("xruns", "Capture overruns"),
                          ("dropped_audio_s", "Audio lost before inference (s)"),
-                         ("partials", "Partial transcripts"), ("finals", "Final transcripts")):
+                         ("partials", "Partial transcripts"), ("finals", "Final transcripts"),
+                         ("snr_db", "Speech over the floor, as the segmenter estimates it (dB)")):
             family = GaugeMetricFamily(f"edgescribe_stream_{key}", doc, labels=["stream"])
             for name, stream in streams.items():
                 if stream.get(key) is not None:
@@ -79,6 +80,18 @@ class HealthCollector:
             for outcome, count in (stream.get("speculative_finals") or {}).items():
                 speculative.add_metric([name, outcome], count)
         yield speculative
+        dropped = CounterMetricFamily(
+            "edgescribe_stream_dropped",
+            "What the live path kept out of finals, by rule: no_speech and compression_ratio (windows), "
+            "repeated_words (words), empty_finals and min_speech (utterances); length_cuts counts cuts",
+            labels=["stream", "rule"],
+        )
+        for name, stream in streams.items():
+            rules = dict(stream.get("dropped") or {})
+            rules.update(min_speech=stream.get("discarded_bursts", 0), length_cuts=stream.get("length_cuts", 0))
+            for rule, count in rules.items():
+                dropped.add_metric([name, rule], count)
+        yield dropped
         inference = s.get("inference") or {}
         for key, doc in (("real_time_factor", "Compute seconds per audio second"),
                          ("latency_p50_s", "Transcript latency p50 (s)"), ("latency_p95_s", "Transcript latency p95 (s)"),

@@ -141,6 +141,8 @@ class Segmenter:
         self._counter = 0
         self._pre_roll: deque[tuple[np.ndarray, float]] = deque(maxlen=max(0, int(round(options.pre_roll_s / _FRAME_S))))
         self.floor = NoiseFloor()
+        # the floor's latest estimate, kept as a plain float so the health thread can read it
+        self.snr_db: Optional[float] = None
         self._pending = np.zeros(0, np.float32)  # samples short of a whole frame
         self._pending_start = 0.0  # audio time of _pending[0]
         self._pending_wall = 0.0
@@ -187,6 +189,7 @@ class Segmenter:
         frame = frame.copy()  # _pending is reused; utterances keep their own frames
         prob = self.vad.speech_prob(frame)
         self.floor.update(frame, speech=prob >= self.threshold, silence=prob < self.off_threshold)
+        self.snr_db = self.floor.snr_db()
         o = self.options
         current = self._open
         if current is None:
@@ -221,7 +224,7 @@ class Segmenter:
     def silence_to_end(self) -> float:
         """The silence that ends an utterance now: longer the louder the floor (module docstring)."""
         quiet, loud = self.options.min_silence_s, self.options.noisy_min_silence_s
-        snr = self.floor.snr_db()
+        snr = self.snr_db
         if snr is None or snr >= QUIET_FLOOR_SNR_DB:
             return quiet
         if snr <= LOUD_FLOOR_SNR_DB:

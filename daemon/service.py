@@ -292,6 +292,10 @@ class Service:
                 partials=partials.get(name, 0),
                 finals=finals.get(name, 0),
                 speculative_finals=stream.transcriber.speculation_counts(),
+                snr_db=None if stream.segmenter.snr_db is None else round(stream.segmenter.snr_db, 1),
+                dropped=stream.transcriber.drop_counts(),
+                discarded_bursts=stream.segmenter.discarded_bursts,
+                length_cuts=stream.segmenter.length_cuts,
             )
         return health
 

@@ -31,7 +31,7 @@ from edgescribe.daemon.config.mqtt import HealthConfig, MqttConfig  # noqa: E402
 from edgescribe.daemon.events import Confidence, TranscriptEvent  # noqa: E402
 from edgescribe.daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth  # noqa: E402
 from edgescribe.daemon.publisher import Publisher  # noqa: E402
-from edgescribe.daemon.streaming import SpeculationCounts  # noqa: E402
+from edgescribe.daemon.streaming import DropCounts, SpeculationCounts  # noqa: E402
 from tests.fixtures.mosquitto import Mosquitto, Subscriber, free_port  # noqa: E402
 
 RAW_AUDIO_BYTES_PER_HOUR = 16_000 * 2 * 3600  # 16 kHz, 16-bit, mono
@@ -191,8 +191,10 @@ def main() -> int:
         sources = HealthSources(
             service=lambda: ServiceInfo("0.1.0", "tiny.en", "tensorrt", "orin-nx-16g/trt10.3/fp16/tiny.en-3f2a9c"),
             # an hour in: counters with as many digits as a real device's (bytes are what is measured)
-            streams=lambda: {"line1": StreamHealth("up", -27.4, 0, 0.0, 812, 3605, 812,
-                                                   SpeculationCounts(started=431, reused=236, discarded=195))},
+            streams=lambda: {"line1": StreamHealth("up", -27.4, 0, 0.0, 3605, 812,
+                                                   SpeculationCounts(started=431, reused=236, discarded=195),
+                                                   snr_db=13.8, dropped=DropCounts(12, 1, 27, 9), discarded_bursts=140,
+                                                   length_cuts=2)},
             inference=lambda: InferenceHealth(0.083, 0.41, 0.88, 0),
             outbox=publisher.outbox.stats, mqtt=publisher.link.stats, messages=publisher.stats)
         reporter = HealthReporter(HealthConfig(sysfs_root=str(REPO / "tests" / "data" / "orin-sysfs")), "orin-line1",

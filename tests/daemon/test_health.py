@@ -10,7 +10,7 @@ import psutil
 from edgescribe.daemon.config.mqtt import HealthConfig, MqttConfig
 from edgescribe.daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth
 from edgescribe.daemon.publisher import Publisher
-from edgescribe.daemon.streaming import SpeculationCounts
+from edgescribe.daemon.streaming import DropCounts, SpeculationCounts
 from tests.fixtures.mosquitto import Subscriber, mosquitto, validate_payload  # noqa: F401 (fixture)
 
 ORIN = Path(__file__).resolve().parents[1] / "data" / "orin-sysfs"
@@ -19,8 +19,11 @@ ORIN = Path(__file__).resolve().parents[1] / "data" / "orin-sysfs"
 def sources(publisher=None) -> HealthSources:
     return HealthSources(
         service=lambda: ServiceInfo("0.1.0", model="tiny.en", backend="onnxruntime", engine_key=None),
-        streams=lambda: {"line1": StreamHealth("up", -31.5, 0, 0.0, 17, 4, SpeculationCounts(started=6, reused=3, discarded=2)),
-                         "line2": StreamHealth("down", None, 2, 1.28, 0, 0, SpeculationCounts(0, 0, 0))},
+        streams=lambda: {"line1": StreamHealth("up", -31.5, 0, 0.0, 17, 4, SpeculationCounts(started=6, reused=3, discarded=2),
+                                               snr_db=14.2, dropped=DropCounts(1, 0, 3, 1), discarded_bursts=2,
+                                               length_cuts=1),
+                         "line2": StreamHealth("down", None, 2, 1.28, 0, 0, SpeculationCounts(0, 0, 0), snr_db=None,
+                                               dropped=DropCounts(0, 0, 0, 0), discarded_bursts=0, length_cuts=0)},
         inference=lambda: InferenceHealth(real_time_factor=0.18, latency_p50_s=0.42, latency_p95_s=0.97, queue_depth=1),
         outbox=publisher.outbox.stats if publisher else (lambda: None),
         mqtt=publisher.link.stats if publisher else (lambda: None),

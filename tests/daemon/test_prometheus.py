@@ -35,6 +35,9 @@ def test_metrics_match_the_health_snapshot(tmp_path):
         line = f'edgescribe_stream_speculative_finals_total{{outcome="{outcome}",stream="line1"}} {float(speculative[outcome])}'
         assert line in text, line
     assert 'edgescribe_stream_speculative_finals_total{outcome="started",stream="line2"} 0.0' in text
+    assert 'edgescribe_stream_dropped_total{rule="repeated_words",stream="line1"} 3.0' in text
+    assert 'edgescribe_stream_dropped_total{rule="min_speech",stream="line1"} 2.0' in text
+    assert 'edgescribe_stream_snr_db{stream="line1"} 14.2' in text
     assert f'edgescribe_host_memory_available_mb {snapshot["host"]["memory_available_mb"]}' in text
     assert "edgescribe_inference_latency_p95_s 0.97" in text
 
