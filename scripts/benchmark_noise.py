@@ -263,18 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for name, noise in noises.items():
-            for snr in snrs:
-                r = run_stage_report(model, engines, spoken, name, None if snr is None else noise, snr, args, workdir)
-                d = r.drops
-                print(f"| {name if snr is not None else 'clean'} | {'-' if snr is None else f'{snr:g} dB'} "
-                      f"| {100 * r.streaming_wer:.1f} % | {100 * r.offline_wer:.1f} % "
-                      f"| {100 * (r.streaming_wer - r.offline_wer):+.1f} | {r.finals} "
-                      f"| {r.missed} / {r.split} / {r.merged} / {r.false} "
-                      f"| {r.noise_prob_mean:.3f}, {r.noise_prob_p95:.3f}, {100 * r.noise_frames_over_threshold:.1f} % "
-                      f"| {r.lost_utterances} | {d['no_speech']}, {d['compression_ratio']}, {r.discarded_bursts}; "
-                      f"{d['repeated_words']}; {d['empty_finals']} | {r.length_cuts} "
-                      f"| {r.speculation['reused']} / {r.speculation['discarded']} |", flush=True)
+        mixes = [("clean", None, None)] if None in snrs else []
+        mixes += [(name, noise, snr) for name, noise in noises.items() for snr in snrs if snr is not None]
+        for name, noise, snr in mixes:
+            r = run_stage_report(model, engines, spoken, name, noise, snr, args, workdir)
+            d = r.drops
+            print(f"| {name} | {'-' if snr is None else f'{snr:g} dB'} "
+                  f"| {100 * r.streaming_wer:.1f} % | {100 * r.offline_wer:.1f} % "
+                  f"| {100 * (r.streaming_wer - r.offline_wer):+.1f} | {r.finals} "
+                  f"| {r.missed} / {r.split} / {r.merged} / {r.false} "
+                  f"| {r.noise_prob_mean:.3f}, {r.noise_prob_p95:.3f}, {100 * r.noise_frames_over_threshold:.1f} % "
+                  f"| {r.lost_utterances} | {d['no_speech']}, {d['compression_ratio']}, {r.discarded_bursts}; "
+                  f"{d['repeated_words']}; {d['empty_finals']} | {r.length_cuts} "
+                  f"| {r.speculation['reused']} / {r.speculation['discarded']} |", flush=True)
         if args.latency_snr != "none":
             name, noise = next(iter(noises.items()))
             snr = float(args.latency_snr)
