@@ -49,7 +49,15 @@ from edgescribe.engines.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edgescribe.engines.backend import load_model  # noqa: E402
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe  # noqa: E402
 from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
-from tests.fixtures.streaming import Collected, SpokenStream, mix_at_snr, run_synchronously, spoken_stream, write_wav  # noqa: E402
+from tests.fixtures.streaming import (  # noqa: E402
+    Collected,
+    SpokenStream,
+    latency_from_speech_end,
+    mix_at_snr,
+    run_synchronously,
+    spoken_stream,
+    write_wav,
+)
 
 CORPUS = REPO.parent / "shared" / "corpus"
 NOISES = ("pump", "fan", "slider", "valve")
@@ -178,8 +186,7 @@ def segmenter_options(args) -> SegmenterOptions:
 def latency_run(engines, spoken: SpokenStream, mixed: np.ndarray, args, workdir: Path) -> list[float]:
     """Final latency from the end of speech at real-time pace, partials on, as the daemon runs.
 
-    The end of speech is read off the clean speech (the last 20 ms within 35 dB of the loudest
-    in the final's span), since in noise no level threshold can find it.
+    The end of speech is read off the clean speech, since in noise no level threshold finds it.
     """
     events = Collected()
     scheduler = InferenceScheduler(max_batch=4)
@@ -194,22 +201,7 @@ def latency_run(engines, spoken: SpokenStream, mixed: np.ndarray, args, workdir:
     finally:
         pipeline.abort()
         scheduler.stop()
-    latencies = []
-    for final in events.finals("mic"):
-        start, end = int(final.audio_start * SAMPLE_RATE), int(final.audio_end * SAMPLE_RATE)
-        trailing = (end - start - last_voiced_sample(spoken.samples[start:end])) / SAMPLE_RATE
-        latencies.append(final.latency_s + trailing)
-    return latencies
-
-
-def last_voiced_sample(samples: np.ndarray, frame: int = 320) -> int:
-    frames = len(samples) // frame
-    if frames == 0:
-        return len(samples)
-    power = (samples[: frames * frame].reshape(frames, frame).astype(np.float64) ** 2).mean(axis=1) + 1e-12
-    level = 10 * np.log10(power)
-    voiced = np.flatnonzero(level > max(level.max() - 35.0, -50.0))
-    return int((voiced[-1] + 1) * frame) if len(voiced) else len(samples)
+    return [latency_from_speech_end(final, spoken.samples) for final in events.finals("mic")]
 
 
 def noise_alone(engines, noise: np.ndarray, minutes: float, args, workdir: Path, name: str) -> list[str]:

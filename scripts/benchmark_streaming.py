@@ -42,7 +42,7 @@ from edgescribe.daemon.events import GapEvent  # noqa: E402
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
 from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
 from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
-from tests.fixtures.streaming import Collected, spoken_stream, write_wav  # noqa: E402
+from tests.fixtures.streaming import Collected, latency_from_speech_end, spoken_stream, write_wav  # noqa: E402
 
 log = logging.getLogger("benchmark_streaming")
 
@@ -70,26 +70,9 @@ class RunResult:
         return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
     def speech_end_latencies(self) -> list[float]:
-        """Latency from the last voiced 20 ms of each final's audio (the speaker stopping),
-        i.e. the segmenter's silence wait plus inference: what a listener experiences."""
-        latencies = []
-        for name, spoken in self.spoken.items():
-            for final in self.events.finals(name):
-                start, end = int(final.audio_start * 16000), int(final.audio_end * 16000)
-                trailing = (end - last_voiced_sample(spoken.samples[start:end]) - start) / 16000
-                latencies.append(final.latency_s + trailing)
-        return latencies
-
-
-def last_voiced_sample(samples: np.ndarray, frame: int = 320) -> int:
-    """End of the last 20-ms frame within 35 dB of the loudest frame (and above -50 dBFS)."""
-    frames = len(samples) // frame
-    if frames == 0:
-        return len(samples)
-    power = (samples[: frames * frame].reshape(frames, frame).astype(np.float64) ** 2).mean(axis=1) + 1e-12
-    level = 10 * np.log10(power)
-    voiced = np.flatnonzero(level > max(level.max() - 35.0, -50.0))
-    return int((voiced[-1] + 1) * frame) if len(voiced) else len(samples)
+        """Latency from the last voiced 20 ms of each final's audio (the speaker stopping)."""
+        return [latency_from_speech_end(final, spoken.samples)
+                for name, spoken in self.spoken.items() for final in self.events.finals(name)]
 
 
 def short_ids(corpus: Path) -> list[str]:
