@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from edgescribe.engines.errors import AudioInputError
+
 log = logging.getLogger(__name__)
 
 # PCM name prefix -> what a technician should know about it
@@ -30,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
         pcms = alsaaudio.pcms(alsaaudio.PCM_CAPTURE)
         cards = alsaaudio.cards()
     except alsaaudio.ALSAAudioError as error:
-        from edgescribe.engines.errors import AudioInputError
-
         raise AudioInputError(f"cannot list ALSA devices ({error})") from None
     print(format_listing(pcms, cards, show_all=args.all))
     return 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from edgescribe.daemon.config import load_config
+from edgescribe.daemon.logging_setup import setup_logging
+from edgescribe.daemon.service import Service, install_signal_handlers
+
 DEFAULT_CONFIG = "/etc/edgescribe/config.yaml"
 
 
@@ -16,10 +20,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from edgescribe.daemon.config import load_config
-    from edgescribe.daemon.logging_setup import setup_logging
-    from edgescribe.daemon.service import Service, install_signal_handlers
-
     config = load_config(args.config)
     setup_logging(config.logging.level, config.logging.target, verbose=args.verbose)
     service = Service(config, config_path=args.config, once=args.once, print_events=args.print_events)
