@@ -100,7 +100,8 @@ def test_updates_come_every_interval_and_end_exactly_once(two_utterances):
 
 def test_a_pause_update_comes_after_a_short_silence_whatever_the_interval(two_utterances):
     signal, _ = two_utterances
-    options = SegmenterOptions()
+    # the quiet-floor rule (a loud floor lengthens both waits: see the floor tests below)
+    options = SegmenterOptions(noisy_min_silence_s=SegmenterOptions().min_silence_s)
     updates = run(Segmenter("mic", options, SileroVad(), update_interval_s=None), signal)  # no periodic update at all
     ended = [u for u in updates if u.ended]
     assert len(ended) == 2
@@ -213,11 +214,16 @@ def test_a_loud_floor_needs_a_longer_silence_to_end_an_utterance(corpus):
     pump = load_audio(corpus / "noise/factory_mimii_pump.wav")
     options = SegmenterOptions()
     quiet = Segmenter("mic", options, SileroVad())
-    run(quiet, in_noise(speech, pump, 40.0))
-    loud = Segmenter("mic", options, SileroVad())
-    run(loud, in_noise(speech, pump, 5.0))
-    assert quiet.floor.snr_db() > 30 and quiet.silence_to_end() == options.min_silence_s
-    assert loud.floor.snr_db() < 10 and loud.silence_to_end() == options.noisy_min_silence_s
+    run(quiet, in_noise(speech, pump, 60.0))
+    loud = Segmenter("mic", options, SileroVad(), update_interval_s=None)
+    updates = run(loud, in_noise(speech, pump, 5.0))
+    assert quiet.snr_db > 40 and quiet.silence_to_end() == options.min_silence_s
+    assert loud.snr_db < 10 and loud.silence_to_end() == options.noisy_min_silence_s
+    # the last utterance ended after the long silence, and its pause update waited for it too
+    last = [u for u in updates if u.utterance_id == updates[-1].utterance_id]
+    assert (len(last[-1].samples) - last[-1].speech_end) / RATE >= options.noisy_min_silence_s - 1e-6
+    pause = [u for u in last if u.pause][-1]
+    assert (len(pause.samples) - pause.speech_end) / RATE >= options.noisy_min_silence_s - 0.2 - 1e-6
 
 
 def test_a_sentence_in_factory_noise_is_not_cut_at_false_pauses(corpus):
