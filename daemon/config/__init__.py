@@ -12,6 +12,7 @@ import os
 import re
 from typing import Callable, ClassVar
 
+from edgescribe.daemon.config.alerts import AlertsConfig
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
 from edgescribe.daemon.config.engine import EngineConfig
 from edgescribe.daemon.config.errors import InvalidConfig
@@ -19,12 +20,17 @@ from edgescribe.daemon.config.host import Host
 from edgescribe.daemon.config.loader import load_file
 from edgescribe.daemon.config.models import ModelsConfig
 from edgescribe.daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig, PrometheusConfig
+from edgescribe.daemon.config.overlay import load_with_overlay
+from edgescribe.daemon.config.requests import RequestsConfig
 from edgescribe.daemon.config.schema import Section, setting
 from edgescribe.daemon.config.service import LoggingConfig, ServiceConfig
 from edgescribe.daemon.config.topics import DEVICE_ID_PATTERN, DEVICE_ID_TEXT
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 
 DEFAULT_PATH = "/etc/edgescribe/config.yaml"
+# Keys a running daemon applies when its file is reloaded (SIGHUP, `systemctl reload`); a
+# change to any other key takes a restart, and the reload names it in one log line.
+LIVE_KEYS = ("logging.level",)
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +80,10 @@ class Config(Section):
         default_factory=HomeAssistantConfig, help="Home Assistant MQTT discovery."
     )
     prometheus: PrometheusConfig = setting(default_factory=PrometheusConfig, help="Prometheus metrics endpoint.")
+    alerts: AlertsConfig = setting(default_factory=AlertsConfig, help="Phrase alerts (not a safety function).")
+    requests: RequestsConfig = setting(
+        default_factory=RequestsConfig, help="Remote requests over MQTT (off by default; docs/mqtt.md#requests)."
+    )
 
     # Keys a technician's older file may still use -> the one key that holds the setting now
     # (one knob per concept). A file using one fails with a line naming the new key.
@@ -109,6 +119,10 @@ class Config(Section):
                     found.append((f"streams[{index}].{key}",
                                   f"{getattr(stream, key)!r} is already the {key} of {earlier}; each stream needs its own"))
                 first_index.setdefault(value, index)
+        found += [(f"alerts.{key}", message) for key, message in self.alerts.unknown_streams([s.name for s in self.streams])]
+        auth_problem = self.requests.auth_problem(self.mqtt)
+        if auth_problem:
+            found.append(("requests.enabled", auth_problem))
         return found
 
 
@@ -121,8 +135,9 @@ def load_config(
     """The validated configuration in ``path``; raises ``InvalidConfig`` (exit status 2) listing
     every problem. check-config and run load it this way, so they agree. ``check_host``
     also checks the files it names on this machine (tools that only read a value, before
-    those files exist, turn it off). Warnings (one line each) go to ``warn``."""
-    return load_file(path, Config, host=Host() if check_host else None, warn=warn)
+    those files exist, turn it off). Warnings (one line each) go to ``warn``. Remote changes
+    (config/set) kept in the state directory are merged over the file (overlay.py)."""
+    return load_with_overlay(path, Config, host=Host() if check_host else None, warn=warn)
 
 
-__all__ = ["Config", "DEFAULT_PATH", "Host", "InvalidConfig", "Section", "load_config"]
+__all__ = ["Config", "DEFAULT_PATH", "Host", "InvalidConfig", "LIVE_KEYS", "Section", "load_config"]

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from edgescribe.daemon.config import LIVE_KEYS, Config
 from edgescribe.daemon.config.schema import Spec, describe, field_spec, is_section, item_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -308,6 +309,14 @@ def render_markdown(root: type) -> str:
         "`mqtt.password_credential` (`LoadCredential=`, read from `$CREDENTIALS_DIRECTORY`); an inline",
         "`password:` key is rejected with these instructions. See [install.md](install.md).",
         "",
+        "## Changing the file on a running device",
+        "",
+        "`systemctl reload edgescribe` (SIGHUP) re-reads and checks the file. An invalid file is",
+        "rejected with the lines above and the daemon keeps running as it was. "
+        + ", ".join(f"`{key}`" for key in LIVE_KEYS)
+        + " take effect at once; a change to any other key is named in one log line and takes",
+        "`systemctl restart edgescribe` (the restart loses no transcript: see docs/mqtt.md).",
+        "",
         "## Completion and checking in an editor",
         "",
         "[`docs/schemas/config.json`](schemas/config.json) is the JSON Schema of this file, generated",
@@ -397,8 +406,6 @@ def _tidy(node: Any, mapping_of_schemas: bool = False) -> None:
 
 
 def outputs() -> dict[Path, str]:
-    from edgescribe.daemon.config import Config
-
     return {
         YAML_PATH: render_yaml(Config),
         MARKDOWN_PATH: render_markdown(Config),
