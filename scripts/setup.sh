@@ -17,6 +17,8 @@ sudo_cmd=()
 # systemd-analyze and openssl are used by the tests (unit checks, TLS broker).
 apt_packages=(python3 python3-venv python3-dev gcc pkg-config libasound2-dev libsystemd-dev
               alsa-utils mosquitto mosquitto-clients openssl systemd shellcheck)
+# promtool (package prometheus) checks the alerting rules; tmux runs the fleet view as on a terminal.
+[ $dev -eq 1 ] && apt_packages+=(prometheus tmux)
 missing=()
 for p in "${apt_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
