@@ -61,6 +61,17 @@ class Message:
     payload: bytes
     qos: int
     retain: bool
+    correlation_data: Optional[bytes] = None  # MQTT 5: echoes a request's (daemon/requests.py)
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """A message received on a subscribed topic filter, with the MQTT 5 request-response properties."""
+
+    topic: str
+    payload: bytes
+    response_topic: Optional[str]
+    correlation_data: Optional[bytes]
 
 
 def private_client_id(state_dir: Path, device_id: str) -> str:
@@ -86,6 +97,26 @@ def private_client_id(state_dir: Path, device_id: str) -> str:
         log.warning("cannot keep the mqtt client id in %s (%s); using %s for this run", path,
                     error.strerror or error, client_id)
     return client_id
+
+
+def new_client(config: MqttConfig, client_id: str, password: Optional[str]) -> mqtt.Client:
+    """A paho client for the configured broker: protocol, credentials and TLS, one copy for
+    every connection the daemon opens. A clean session: the outbox is the session state that
+    matters (a broker-side one would only duplicate it), and Sparkplug requires one."""
+    version5 = config.protocol == "5"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                         protocol=mqtt.MQTTv5 if version5 else mqtt.MQTTv311,
+                         clean_session=None if version5 else True)
+    client.max_queued_messages_set(0)
+    if config.username:
+        client.username_pw_set(config.username, password)
+    if config.tls:
+        try:
+            client.tls_set(ca_certs=config.tls_ca_file or None, certfile=config.tls_cert_file or None,
+                           keyfile=config.tls_key_file or None, cert_reqs=ssl.CERT_REQUIRED)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(f"mqtt.tls_*: cannot load TLS files: {describe_connect_failure(error)}") from None
+    return client
 
 
 def describe_connect_failure(error: BaseException) -> str:
@@ -124,6 +155,7 @@ class MqttLink:
         self._refused = False  # the broker refused the current connection attempt (link thread only)
         self._alias_max = 0
         self._subscriptions: dict[str, Callable[[bytes], None]] = {}
+        self._filters: dict[str, Callable[[Inbound], None]] = {}  # wildcard topic filters
         self._subscribe_due = False  # (re)subscribe in the link thread at its next turn
         self.pump: Callable[[], None] = lambda: None
         self.on_acknowledged: Callable[[int, bool], None] = lambda mid, ok: None
@@ -131,31 +163,10 @@ class MqttLink:
     # -- setup ------------------------------------------------------------------------
 
     def _make_client(self, client_id: str) -> mqtt.Client:
-        config = self.config
-        version5 = config.protocol == "5"
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5 if version5 else mqtt.MQTTv311,
-            clean_session=None if version5 else True,
-        )
-        # The outbox is the session state that matters; a broker-side session would only
-        # duplicate it. paho keeps its in-flight QoS 1 messages across reconnects and
-        # re-sends them itself (same mid), so the publisher need not.
-        client.max_inflight_messages_set(config.inflight_window)
-        client.max_queued_messages_set(0)
-        if config.username:
-            client.username_pw_set(config.username, self._password)
-        if config.tls:
-            try:
-                client.tls_set(
-                    ca_certs=config.tls_ca_file or None,
-                    certfile=config.tls_cert_file or None,
-                    keyfile=config.tls_key_file or None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ssl.SSLError) as error:
-                raise ConfigError(f"mqtt.tls_*: cannot load TLS files: {describe_connect_failure(error)}") from None
+        client = new_client(self.config, client_id, self._password)
+        # paho keeps its in-flight QoS 1 messages across reconnects and re-sends them itself
+        # (same mid), so the publisher need not.
+        client.max_inflight_messages_set(self.config.inflight_window)
         client.will_set(self.availability_topic, AVAILABILITY_OFFLINE, qos=1, retain=True)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -193,6 +204,13 @@ class MqttLink:
             self._subscriptions[topic] = handler
             self._subscribe_due = True
 
+    def subscribe_filter(self, topic_filter: str, handler: Callable[[Inbound], None]) -> None:
+        """Deliver messages matching ``topic_filter`` (wildcards allowed) to ``handler`` (link thread),
+        on this and every later connection."""
+        with self._lock:
+            self._filters[topic_filter] = handler
+            self._subscribe_due = True
+
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
@@ -203,6 +221,9 @@ class MqttLink:
         next connect, so the mid stays valid; QoS 0 ones are dropped (None).
         """
         topic, properties = self._alias(message)
+        if message.correlation_data is not None and self.config.protocol == "5":
+            properties = properties or Properties(PacketTypes.PUBLISH)
+            properties.CorrelationData = message.correlation_data
         info = self._client.publish(topic, message.payload, qos=message.qos, retain=message.retain,
                                     properties=properties)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or (message.qos > 0 and info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN):
@@ -292,7 +313,7 @@ class MqttLink:
 
     def _subscribe_if_due(self) -> None:
         with self._lock:
-            topics = list(self._subscriptions) if self._subscribe_due else []
+            topics = [*self._subscriptions, *self._filters] if self._subscribe_due else []
             self._subscribe_due = False
         if topics:
             self._client.subscribe([(topic, 0) for topic in topics])
@@ -334,7 +355,7 @@ class MqttLink:
             self._connections += 1
             if self._last_error:
                 log.info("mqtt broker %s:%s: connected", self.config.host, self.config.port)
-            self._subscribe_due = bool(self._subscriptions)
+            self._subscribe_due = bool(self._subscriptions or self._filters)
         client.publish(self.availability_topic, AVAILABILITY_ONLINE, qos=1, retain=True)
         self._connected.set()
 
@@ -344,11 +365,16 @@ class MqttLink:
     def _on_message(self, client, userdata, message) -> None:
         with self._lock:
             handler = self._subscriptions.get(message.topic)
-        if handler is not None:
-            try:
+            filtered = [h for f, h in self._filters.items() if mqtt.topic_matches_sub(f, message.topic)]
+        try:
+            if handler is not None:
                 handler(message.payload)
-            except Exception:  # a bad handler must not take the connection down
-                log.exception("handling mqtt message on %s failed", message.topic)
+            for handle in filtered:
+                properties = getattr(message, "properties", None)
+                handle(Inbound(message.topic, message.payload, getattr(properties, "ResponseTopic", None),
+                               getattr(properties, "CorrelationData", None)))
+        except Exception:  # a bad handler must not take the connection down
+            log.exception("handling mqtt message on %s failed", message.topic)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         ok = not reason_code.is_failure

@@ -43,6 +43,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Optional
 
+from edgescribe.daemon.config.mqtt import MqttConfig
 from edgescribe.engines.errors import EdgescribeError
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,11 @@ class OutboxLimits:
     max_entries: int = 100_000
     max_bytes: int = 64 * 1024 * 1024
     max_age_s: float = 7 * 24 * 3600.0
+
+    @classmethod
+    def from_config(cls, mqtt: MqttConfig) -> "OutboxLimits":
+        return cls(max_entries=mqtt.outbox_max_entries, max_bytes=int(mqtt.outbox_max_mb * 1024 * 1024),
+                   max_age_s=mqtt.outbox_max_age_h * 3600.0)
 
 
 @dataclass(frozen=True)

@@ -39,18 +39,17 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
 from edgescribe.daemon.config.mqtt import MqttConfig
 from edgescribe.daemon.config.sparkplug import SparkplugConfig
 from edgescribe.daemon.config.secrets import read_password
 from edgescribe.daemon.events import Event, ModelEvent, StreamStateEvent, TranscriptEvent
-from edgescribe.daemon.mqtt_link import Message, describe_connect_failure, private_client_id
+from edgescribe.daemon.mqtt_link import Message, describe_connect_failure, new_client, private_client_id
 from edgescribe.daemon.outbox import Outbox, OutboxLimits
 from edgescribe.daemon.sparkplug.session import (NAMESPACE, PARTIAL_TEXT, EdgeSession, Final, NodeStatus,
                                                 rebirth_requested)
 from edgescribe.daemon.sparkplug.status import status_from_health
-from edgescribe.engines.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -151,10 +150,7 @@ class SparkplugEdgeNode:
         ``mqtt.outbox_*`` limits, client id ``<the JSON link's client id>-spb``."""
         identity = NodeIdentity(config.group_id, config.edge_node_id or device_id, config.primary_host_id,
                                 config.wait_for_primary_host)
-        limits = OutboxLimits(max_entries=mqtt_config.outbox_max_entries,
-                              max_bytes=int(mqtt_config.outbox_max_mb * 1024 * 1024),
-                              max_age_s=mqtt_config.outbox_max_age_h * 3600.0)
-        outbox = Outbox(Path(state_dir) / "sparkplug-outbox.sqlite3", limits)
+        outbox = Outbox(Path(state_dir) / "sparkplug-outbox.sqlite3", OutboxLimits.from_config(mqtt_config))
         client_id = (mqtt_config.client_id or private_client_id(Path(state_dir), device_id)) + "-spb"
         node = cls(identity, mqtt_config, streams, outbox, state_dir, client_id, environ)
         node._owns_outbox = True
@@ -163,21 +159,7 @@ class SparkplugEdgeNode:
     # -- setup -------------------------------------------------------------------------------------
 
     def _make_client(self, client_id: str) -> mqtt.Client:
-        config = self.config
-        version5 = config.protocol == "5"
-        # Sparkplug requires a clean session: the node rebuilds its state with births.
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=mqtt.MQTTv5 if version5 else mqtt.MQTTv311,
-                             clean_session=None if version5 else True)
-        client.max_queued_messages_set(0)
-        if config.username:
-            client.username_pw_set(config.username, self._password)
-        if config.tls:
-            try:
-                client.tls_set(ca_certs=config.tls_ca_file or None, certfile=config.tls_cert_file or None,
-                               keyfile=config.tls_key_file or None, cert_reqs=ssl.CERT_REQUIRED)
-            except (OSError, ssl.SSLError) as error:
-                raise ConfigError(f"mqtt.tls_*: cannot load TLS files: {describe_connect_failure(error)}") from None
+        client = new_client(self.config, client_id, self._password)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
