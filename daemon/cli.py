@@ -25,6 +25,7 @@ COMMANDS = {
     "devices": ("edgescribe.daemon.devices_command", "list ALSA capture devices"),
     "check-config": ("edgescribe.daemon.config.check_command", "validate a configuration file"),
     "run": ("edgescribe.daemon.run_command", "run the daemon"),
+    "fleet": ("edgescribe.daemon.fleet_command", "show every device on a broker, one row each"),
 }
 
 

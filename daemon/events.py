@@ -95,4 +95,46 @@ class OutboxDamagedEvent:
     wall_time: float
 
 
-Event = Union[TranscriptEvent, GapEvent, StreamStateEvent, ModelEvent, OutboxDropEvent, OutboxDamagedEvent]
+@dataclass(frozen=True)
+class AlertEvent:
+    """A phrase alert (daemon/alerts.py): early from a partial, then confirmed or retracted by the final."""
+
+    alert: str  # the alert's configured name
+    state: Literal["early", "confirmed", "retracted"]
+    stream: str
+    utterance_id: str
+    phrase: str  # the configured phrase that matched
+    matched_text: str  # the words as the transcript wrote them
+    distance: int  # character edits between the two (normalised)
+    audio_start: float  # where the phrase is in the stream's audio (estimated from its position in the text)
+    audio_end: float
+    wall_start: float
+    wall_end: float
+    transcript_sequence: int  # the ``sequence`` of the partial or final that raised it
+
+
+@dataclass(frozen=True)
+class RequestEvent:
+    """A remote request (daemon/requests.py) was answered: the audit trail of every operation."""
+
+    operation: str  # e.g. "config/set"; what the topic named, even when unknown
+    transaction: Optional[Union[str, int, float]]  # the requester's, echoed
+    outcome: Literal["ok", "error"]
+    detail: str  # the error, or what was done
+    changed: tuple[str, ...]  # configuration keys the request changed
+    wall_time: float
+
+
+@dataclass(frozen=True)
+class ConfigChangeEvent:
+    """A remote configuration change was applied, proved healthy (confirmed), or rolled back."""
+
+    action: Literal["applied", "confirmed", "rolled_back"]
+    transaction: Optional[Union[str, int, float]]  # of the config/set that made the change
+    changed: tuple[str, ...]
+    detail: str
+    wall_time: float
+
+
+Event = Union[TranscriptEvent, GapEvent, StreamStateEvent, ModelEvent, OutboxDropEvent, OutboxDamagedEvent,
+              AlertEvent, RequestEvent, ConfigChangeEvent]

@@ -76,6 +76,7 @@ class HealthSources:
     outbox: Callable[[], Optional[OutboxStats]] = lambda: None
     mqtt: Callable[[], Optional[LinkStats]] = lambda: None
     messages: Callable[[], Any] = lambda: None  # daemon.publisher.PublisherStats
+    alerts: Callable[[], dict[str, Any]] = dict  # alert name -> daemon.alerts.AlertCounts
 
 
 def package_version() -> str:
@@ -160,6 +161,8 @@ class HealthReporter:
             "outbox": self._section("outbox", lambda: _outbox(self.sources.outbox())),
             "mqtt": self._section("mqtt", lambda: _mqtt(self.sources.mqtt())),
             "messages": self._section("messages", lambda: _asdict_or_none(self.sources.messages())),
+            "alerts": self._section("alerts", lambda: {name: asdict(counts)
+                                                       for name, counts in self.sources.alerts().items()}) or {},
             "host": self._section("host", lambda: host_figures(self.state_dir)),
             "jetson": self._section("jetson", lambda: _asdict_or_none(read_jetson(Path(self.config.sysfs_root)))),
         }

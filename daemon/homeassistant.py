@@ -1,4 +1,5 @@
-"""Home Assistant MQTT discovery: the health figures appear as sensors of one HA device.
+"""Home Assistant MQTT discovery: the health figures appear as sensors of one HA device, and
+each phrase alert as an event entity of it (reading the alert topic).
 
 Each sensor reads the retained health topic with a ``value_template``, so no extra
 messages are sent per interval; discovery configs are retained and re-announced after
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 from edgescribe.daemon.config.mqtt import HomeAssistantConfig
 from edgescribe.daemon.publisher import Publisher, Topics
@@ -55,7 +56,15 @@ def _template(path: str) -> str:
     return "{{ " + expression + " }}"
 
 
-def discovery_messages(config: HomeAssistantConfig, topics: Topics, version: str) -> list[tuple[str, bytes]]:
+def _alert_template(name: str) -> str:
+    # Every alert shares one topic; an event entity takes only its own alert's messages (HA
+    # ignores a message whose template renders empty).
+    return ("{% if value_json.alert == '" + name + "' %}{{ {'event_type': value_json.state, "
+            "'matched_text': value_json.matched_text, 'stream': value_json.stream} | tojson }}{% endif %}")
+
+
+def discovery_messages(config: HomeAssistantConfig, topics: Topics, version: str,
+                       alerts: Sequence[str] = ()) -> list[tuple[str, bytes]]:
     device = {
         "identifiers": [f"edgescribe_{topics.device_id}"],
         "name": f"edgescribe {topics.device_id}",
@@ -87,18 +96,32 @@ def discovery_messages(config: HomeAssistantConfig, topics: Topics, version: str
                 payload[key] = value
         messages.append((f"{config.discovery_prefix}/sensor/{object_id}/config",
                          json.dumps(payload, separators=(",", ":")).encode()))
+    for name in alerts:  # one event entity per phrase alert (docs/mqtt.md, Alerts)
+        object_id = f"edgescribe_{topics.device_id}_alert_{name}".replace(".", "_").replace("-", "_")
+        payload = {
+            "name": f"Alert {name}",
+            "unique_id": object_id,
+            "object_id": object_id,
+            "state_topic": topics.alert,
+            "event_types": ["early", "confirmed", "retracted"],
+            "value_template": _alert_template(name),
+            "availability": availability,
+            "device": device,
+        }
+        messages.append((f"{config.discovery_prefix}/event/{object_id}/config",
+                         json.dumps(payload, separators=(",", ":")).encode()))
     return messages
 
 
-def enable(config: HomeAssistantConfig, publisher: Publisher, version: str) -> None:
-    """Announce the sensors after every connect and on Home Assistant's birth message (retained,
-    so HA also finds them after restarts that send no birth)."""
-    messages = discovery_messages(config, publisher.topics, version)
+def enable(config: HomeAssistantConfig, publisher: Publisher, version: str, alerts: Sequence[str] = ()) -> None:
+    """Announce the sensors (and an event entity per phrase alert) after every connect and on
+    Home Assistant's birth message (retained, so HA also finds them after restarts that send no birth)."""
+    messages = discovery_messages(config, publisher.topics, version, alerts)
 
     def announce() -> None:
         for topic, payload in messages:
             publisher.publish_raw(topic, payload, retain=True)
-        log.info("home assistant discovery: announced %d sensors under %s/", len(messages), config.discovery_prefix)
+        log.info("home assistant discovery: announced %d entities under %s/", len(messages), config.discovery_prefix)
 
     def on_status(payload: bytes) -> None:
         if payload.strip() == b"online":

@@ -71,6 +71,10 @@ class HealthCollector:
                 if stream.get(key) is not None:
                     family.add_metric([name], float(stream[key]))
             yield family
+        up = GaugeMetricFamily("edgescribe_stream_up", "1 while the stream captures audio, else 0", labels=["stream"])
+        for name, stream in streams.items():
+            up.add_metric([name], 1.0 if stream.get("state") == "up" else 0.0)
+        yield up
         speculative = CounterMetricFamily(
             "edgescribe_stream_speculative_finals",
             "Final decodes started at a pause (started), used as the final (reused), thrown away (discarded)",
@@ -92,6 +96,12 @@ class HealthCollector:
             for rule, count in rules.items():
                 dropped.add_metric([name, rule], count)
         yield dropped
+        alerts = CounterMetricFamily("edgescribe_alerts", "Phrase alerts by name and state (early, confirmed, "
+                                     "retracted)", labels=["alert", "state"])
+        for name, counts in (s.get("alerts") or {}).items():
+            for state, count in counts.items():
+                alerts.add_metric([name, state], count)
+        yield alerts
         inference = s.get("inference") or {}
         for key, doc in (("real_time_factor", "Compute seconds per audio second"),
                          ("latency_p50_s", "Transcript latency p50 (s)"), ("latency_p95_s", "Transcript latency p95 (s)"),

@@ -29,7 +29,8 @@ from typing import Callable, Optional
 
 from edgescribe.daemon.config.mqtt import MqttConfig
 from edgescribe.daemon.events import (
-    Event, GapEvent, ModelEvent, OutboxDamagedEvent, OutboxDropEvent, StreamStateEvent, TranscriptEvent,
+    AlertEvent, ConfigChangeEvent, Event, GapEvent, ModelEvent, OutboxDamagedEvent, OutboxDropEvent, RequestEvent,
+    StreamStateEvent, TranscriptEvent,
 )
 from edgescribe.daemon.mqtt_link import Message, MqttLink, private_client_id
 from edgescribe.daemon.outbox import Outbox, OutboxEntry, OutboxLimits
@@ -72,6 +73,10 @@ class Topics:
     def health(self) -> str:
         return f"{self.base}/health"
 
+    @property
+    def alert(self) -> str:
+        return f"{self.base}/alert"
+
     def transcript(self, stream: str, kind: str) -> str:
         # Stream names come from the config; a '/' or wildcard would change the topic tree.
         return f"{self.base}/transcript/{_TOPIC_UNSAFE.sub('_', stream)}/{kind}"
@@ -87,6 +92,7 @@ class _ConnectHook:
 class PublisherStats:
     finals: int
     events: int
+    alerts: int
     partials_sent: int
     partials_dropped: int
     health_sent: int
@@ -138,8 +144,30 @@ def partial_payload(event: TranscriptEvent, stable_offset: int) -> dict:
     }
 
 
+def alert_payload(event: AlertEvent, device_id: str, seq: int, now: float) -> dict:
+    """A phrase alert (docs/schemas/alert.json); QoS 1 and stored like a final."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "seq": seq,
+        "device": device_id,
+        "alert": event.alert,
+        "state": event.state,
+        "stream": event.stream,
+        "utterance_id": event.utterance_id,
+        "phrase": event.phrase,
+        "matched_text": event.matched_text,
+        "distance": event.distance,
+        "start": iso_utc(event.wall_start),
+        "end": iso_utc(event.wall_end),
+        "audio_start": round(event.audio_start, 3),
+        "audio_end": round(event.audio_end, 3),
+        "transcript_sequence": event.transcript_sequence,
+        "emitted": iso_utc(now),
+    }
+
+
 _EVENT_TYPES = {GapEvent: "gap", StreamStateEvent: "stream_state", ModelEvent: "model", OutboxDropEvent: "outbox_drop",
-                OutboxDamagedEvent: "outbox_damaged"}
+                OutboxDamagedEvent: "outbox_damaged", RequestEvent: "request", ConfigChangeEvent: "config_change"}
 
 
 def event_payload(event: Event, device_id: str, seq: int) -> dict:
@@ -176,7 +204,7 @@ class Publisher:
         self._tokens_at = time.monotonic()
         self._housekeeping_at = 0.0
         self._drops_reported_at = float("-inf")
-        self._counts = dict(finals=0, events=0, partials_sent=0, partials_dropped=0, health_sent=0, acked=0,
+        self._counts = dict(finals=0, events=0, alerts=0, partials_sent=0, partials_dropped=0, health_sent=0, acked=0,
                             rejected=0)
         self._on_connect_hooks: list[_ConnectHook] = []
         link.pump = self._pump
@@ -187,10 +215,7 @@ class Publisher:
                     environ: Optional[dict[str, str]] = None) -> "Publisher":
         """Outbox at ``<state_dir>/outbox.sqlite3`` + link + publisher, as the service wires them."""
         topics = Topics(mqtt_config.topic_prefix, device_id)
-        limits = OutboxLimits(max_entries=mqtt_config.outbox_max_entries,
-                              max_bytes=int(mqtt_config.outbox_max_mb * 1024 * 1024),
-                              max_age_s=mqtt_config.outbox_max_age_h * 3600.0)
-        outbox = Outbox(Path(state_dir) / "outbox.sqlite3", limits)
+        outbox = Outbox(Path(state_dir) / "outbox.sqlite3", OutboxLimits.from_config(mqtt_config))
         client_id = mqtt_config.client_id or private_client_id(Path(state_dir), device_id)
         link = MqttLink(mqtt_config, topics.availability, client_id, environ)
         return cls(topics, outbox, link, drain_rate=mqtt_config.drain_rate, inflight_window=mqtt_config.inflight_window,
@@ -239,6 +264,10 @@ class Publisher:
             topic = self.topics.transcript(event.stream, "final")
             build = lambda seq: encode(final_payload(event, self.topics.device_id, seq, now))  # noqa: E731
             counter = "finals"
+        elif isinstance(event, AlertEvent):
+            topic = self.topics.alert
+            build = lambda seq: encode(alert_payload(event, self.topics.device_id, seq, now))  # noqa: E731
+            counter = "alerts"
         else:
             topic = self.topics.event
             build = lambda seq: encode(event_payload(event, self.topics.device_id, seq))  # noqa: E731
@@ -256,6 +285,10 @@ class Publisher:
     def publish_raw(self, topic: str, payload: bytes, retain: bool) -> None:
         """QoS 0 message outside the device tree (Home Assistant discovery)."""
         self._queue_ephemeral(Message(topic, payload, qos=0, retain=retain))
+
+    def publish_response(self, topic: str, payload: bytes, correlation_data: Optional[bytes]) -> None:
+        """QoS 0 answer to a request (daemon/requests.py); dropped while the broker is away."""
+        self._queue_ephemeral(Message(topic, payload, qos=0, retain=False, correlation_data=correlation_data))
 
     def add_connect_hook(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` (in the link thread) after every connect, e.g. to re-announce discovery;

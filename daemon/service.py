@@ -30,25 +30,29 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
-from pydantic import BaseModel
-
-from edgescribe.daemon.config import Config, load_config
+from edgescribe.daemon import chinese_script, homeassistant
+from edgescribe.daemon.alerts import AlertTracker
+from edgescribe.daemon.config import LIVE_KEYS, Config, load_config
+from edgescribe.daemon.config.overlay import PendingChange, changed_keys
 from edgescribe.daemon.dispatcher import Dispatcher
 from edgescribe.daemon.events import Event, StreamStateEvent, TranscriptEvent
 from edgescribe.daemon.health import HealthReporter, HealthSources, InferenceHealth, ServiceInfo, StreamHealth, package_version
 from edgescribe.daemon.notify import Notifier, Progress
 from edgescribe.daemon.pipeline import StreamPipeline
 from edgescribe.daemon.publisher import Publisher, PublisherStats
+from edgescribe.daemon.requests import RequestHandler
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler
+from edgescribe.daemon.sparkplug.edge_node import SparkplugEdgeNode
 from edgescribe.engines.errors import EdgescribeError
 
 log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 200  # finals kept for the latency percentiles in health
 STREAM_OPEN_TIMEOUT_S = 15.0  # READY waits at most this long for every stream to be up or down
-LIVE_KEYS = ("logging.level",)  # applied by SIGHUP; every other key needs a restart
+# EX_TEMPFAIL: the unit's Restart=on-failure starts the daemon again (restart request, config/set)
+RESTART_EXIT_STATUS = 75
 
 
 @dataclass
@@ -75,11 +79,20 @@ class Service:
         self._counts = _Counts()
         self._stream_details: dict[str, str] = {}  # the last up/down detail of each stream (for READY)
         self._started = time.monotonic()
+        self.exit_status = 0
+        self.paused: set[str] = set()  # streams stopped by a stream/pause request
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # transcripts: private
         self.publisher = Publisher.from_config(
             config.mqtt, config.device_id, self.state_dir, health_retain=config.health.retain
         )
         self.dispatcher = Dispatcher(self._dispatch, idle=self.publisher.maintain)
+        # Sparkplug B: one more consumer of the dispatcher's events, on its own connection (docs/sparkplug.md)
+        self.sparkplug: Optional[SparkplugEdgeNode] = None
+        if config.sparkplug.enabled:
+            self.sparkplug = SparkplugEdgeNode.from_config(config.sparkplug, config.mqtt, config.device_id,
+                                                           [s.name for s in config.streams], self.state_dir)
+        # phrase alerts match on the dispatcher thread, right behind the transcript event that raised them
+        self.alerts = AlertTracker(config.alerts.rules, chinese_script.converter(config.transcription.chinese_script))
         self.engines = EngineManager.from_config(config.models, config.engine, emit=self.emit)
         self.scheduler = InferenceScheduler(
             max_batch=config.engine.max_batch, max_pending_finals=config.transcription.max_pending_finals
@@ -94,16 +107,18 @@ class Service:
             config.health,
             config.device_id,
             self.state_dir,
-            self.publisher.publish_health,
+            self._publish_health,
             HealthSources(
-                service=self._service_info,
+                service=self.service_info,
                 streams=self._stream_health,
                 inference=self._inference_health,
                 outbox=self.publisher.outbox.stats,
                 mqtt=self.publisher.link.stats,
                 messages=self._message_stats,
+                alerts=self.alerts.counts,
             ),
         )
+        self.requests = RequestHandler(config.requests, self.publisher.topics, self.publisher, self.emit, self)
 
     # -- the one inbound path for everything that goes out ------------------------------------
 
@@ -127,17 +142,33 @@ class Service:
         if self.print_events:
             print(json.dumps({"type": type(event).__name__, **asdict(event)}, ensure_ascii=False), flush=True)
         self.publisher.publish(event)
+        if self.sparkplug is not None:
+            self.sparkplug.submit(event)
+        if isinstance(event, TranscriptEvent):
+            for alert in self.alerts.observe(event):
+                log.info("alert %s %s on %s: %r", alert.alert, alert.state, alert.stream, alert.matched_text)
+                self._dispatch(alert)
+
+    def _publish_health(self, snapshot: dict) -> None:
+        self.publisher.publish_health(snapshot)
+        if self.sparkplug is not None:
+            self.sparkplug.on_health(snapshot)
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def run(self) -> int:
         if self.config.homeassistant.enabled:
             # before the link starts, so the first connect already announces discovery
-            from edgescribe.daemon import homeassistant
-
-            homeassistant.enable(self.config.homeassistant, self.publisher, package_version())
+            homeassistant.enable(self.config.homeassistant, self.publisher, package_version(), self.alerts.names)
         self.dispatcher.start()
         self.publisher.start()
+        if self.sparkplug is not None:
+            self.sparkplug.start()
+        if self.config.requests.enabled:
+            self.requests.start()
+        pending = PendingChange.load(self.state_dir)
+        if pending is not None:  # a config/set restarted the daemon: prove it healthy or roll it back
+            self.requests.watch(pending)
         try:
             self.notifier.status("loading model")
             self.engines.start()
@@ -147,6 +178,7 @@ class Service:
                 self._start_stream(stream_config)
             self._await_streams()
             if self.config.prometheus.enabled:
+                # only here: prometheus_client is an optional extra (edgescribe[prometheus])
                 from edgescribe.daemon import prometheus
 
                 prometheus.serve(self.config.prometheus, self.health)
@@ -157,7 +189,7 @@ class Service:
             self._wait()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_status
 
     def stop(self) -> None:
         self._stop.set()
@@ -169,7 +201,8 @@ class Service:
     def _start_stream(self, stream_config) -> None:
         c = self.config
         pipeline = StreamPipeline.build(
-            stream_config, c.capture, c.vad, c.segmenter, c.transcription, self.scheduler, self.engines, self.emit
+            stream_config, c.capture, c.vad, c.segmenter, _with_alert_hotwords(c, stream_config.name), self.scheduler,
+            self.engines, self.emit
         )
         pipeline.start()
         self.streams[pipeline.name] = pipeline
@@ -207,6 +240,53 @@ class Service:
         except EdgescribeError as error:
             log.error("reload: %s rejected; the running configuration stays:\n%s", self.config_path, error)
             return
+        live, later = self.apply(new)
+        log.info("reload: %s re-read; %s", self.config_path,
+                 f"applied {', '.join(live)}" if live else "nothing to apply without a restart")
+        if later:
+            log.warning("reload: %s changed; restart the service to apply (systemctl restart edgescribe)",
+                        ", ".join(later))
+
+    def restart(self, reason: str) -> None:
+        """Stop cleanly and exit with RESTART_EXIT_STATUS, so systemd starts the daemon again."""
+        log.warning("restarting: %s", reason)
+        self.exit_status = RESTART_EXIT_STATUS
+        self.stop()
+
+    def health_verdict(self) -> tuple[bool, str]:
+        """Healthy: every stream not paused is up, the model is loaded, the broker is connected."""
+        problems = [f"stream {name} is {stream.capture.stats().state}" for name, stream in list(self.streams.items())
+                    if name not in self.paused and stream.capture.stats().state != "up"]
+        if len(self.streams) < len(self.config.streams):
+            problems.append("streams still opening")
+        if self.engines.current is None:
+            problems.append("model not loaded")
+        if not self.publisher.link.connected:
+            problems.append("broker not connected")
+        return not problems, "; ".join(problems) or "streams up, model loaded, broker connected"
+
+    def switch_model(self, package_dir: Path) -> None:
+        self.engines.switch(package_dir)
+
+    def pause_stream(self, name: str) -> None:
+        """Stop capturing ``name``; its open utterance is finished and published first."""
+        if name in self.paused:
+            raise ValueError(f"stream {name} is already paused")
+        self.paused.add(name)
+        stream = self.streams[name]
+        stream.stop_capture()
+        if not stream.join(timeout=10):
+            stream.abort()
+        stream.transcriber.close()
+
+    def resume_stream(self, name: str) -> None:
+        if name not in self.paused:
+            raise ValueError(f"stream {name} is not paused")
+        self._start_stream(next(s for s in self.config.streams if s.name == name))
+        self.paused.discard(name)
+
+    def apply(self, new: Config) -> tuple[list[str], list[str]]:
+        """Apply the ``LIVE_KEYS`` of ``new`` at once; returns (applied keys, keys needing a restart)."""
         changed = changed_keys(self.config, new)
         live = [key for key in changed if key in LIVE_KEYS]
         later = [key for key in changed if key not in LIVE_KEYS]
@@ -214,13 +294,10 @@ class Service:
             logging.getLogger().setLevel(getattr(logging, new.logging.level.upper()))
             logging_config = self.config.logging.model_copy(update={"level": new.logging.level})
             self.config = self.config.model_copy(update={"logging": logging_config})
-        log.info("reload: %s re-read; %s", self.config_path,
-                 f"applied {', '.join(live)}" if live else "nothing to apply without a restart")
-        if later:
-            log.warning("reload: %s changed; restart the service to apply (systemctl restart edgescribe)",
-                        ", ".join(later))
+        return live, later
 
     def _shutdown(self) -> None:
+        self.requests.stop()
         self.notifier.stopping()
         # Audio first: each consumer then drains what is buffered and flushes its open utterance.
         for stream in self.streams.values():
@@ -236,6 +313,8 @@ class Service:
         self.dispatcher.stop()  # every queued final and event reaches the publisher
         self.health.stop()
         self.publisher.stop()  # clean stop: deliver or store what is held; availability "stopped"
+        if self.sparkplug is not None:
+            self.sparkplug.stop()  # sends what it can, then NDEATH; the rest stays in its outbox
 
     # -- what health and the watchdog see ----------------------------------------------------
 
@@ -268,7 +347,7 @@ class Service:
         stats = self.publisher.stats()
         return replace(stats, partials_dropped=stats.partials_dropped + self.dispatcher.stats().partials_dropped)
 
-    def _service_info(self) -> ServiceInfo:
+    def service_info(self) -> ServiceInfo:
         model = self.engines.current
         runner = getattr(model, "runner", None)
         return ServiceInfo(
@@ -313,21 +392,21 @@ class Service:
         )
 
 
+def _with_alert_hotwords(config: Config, stream: str):
+    """The stream's transcription settings, with its alerts' phrases as hotwords (alerts.hotwords)."""
+    transcription = config.transcription
+    if not config.alerts.hotwords:
+        return transcription
+    phrases = [phrase for rule in config.alerts.rules if not rule.streams or stream in rule.streams
+               for phrase in rule.phrases if phrase not in transcription.hotwords]
+    return transcription.model_copy(update={"hotwords": [*transcription.hotwords, *dict.fromkeys(phrases)]})
+
+
 def _percentile(sorted_values: list[float], q: float) -> Optional[float]:
     if not sorted_values:
         return None
     index = min(len(sorted_values) - 1, int(round(q * (len(sorted_values) - 1))))
     return round(sorted_values[index], 3)
-
-
-def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two configurations (lists compare whole)."""
-    if isinstance(old, BaseModel) and type(old) is type(new):
-        found = []
-        for name in type(old).model_fields:
-            found += changed_keys(getattr(old, name), getattr(new, name), f"{prefix}{name}.")
-        return found
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def install_signal_handlers(service: Service) -> None:

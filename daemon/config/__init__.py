@@ -17,13 +17,13 @@ from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, Str
 from edgescribe.daemon.config.engine import EngineConfig
 from edgescribe.daemon.config.errors import InvalidConfig
 from edgescribe.daemon.config.host import Host
-from edgescribe.daemon.config.loader import load_file
 from edgescribe.daemon.config.models import ModelsConfig
 from edgescribe.daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig, PrometheusConfig
 from edgescribe.daemon.config.overlay import load_with_overlay
 from edgescribe.daemon.config.requests import RequestsConfig
 from edgescribe.daemon.config.schema import Section, setting
 from edgescribe.daemon.config.service import LoggingConfig, ServiceConfig
+from edgescribe.daemon.config.sparkplug import SparkplugConfig
 from edgescribe.daemon.config.topics import DEVICE_ID_PATTERN, DEVICE_ID_TEXT
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 
@@ -80,6 +80,9 @@ class Config(Section):
         default_factory=HomeAssistantConfig, help="Home Assistant MQTT discovery."
     )
     prometheus: PrometheusConfig = setting(default_factory=PrometheusConfig, help="Prometheus metrics endpoint.")
+    sparkplug: SparkplugConfig = setting(
+        default_factory=SparkplugConfig, help="Sparkplug B edge node for SCADA (docs/sparkplug.md)."
+    )
     alerts: AlertsConfig = setting(default_factory=AlertsConfig, help="Phrase alerts (not a safety function).")
     requests: RequestsConfig = setting(
         default_factory=RequestsConfig, help="Remote requests over MQTT (off by default; docs/mqtt.md#requests)."

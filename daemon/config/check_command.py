@@ -9,11 +9,13 @@ warning: ...`` lines on stderr either way. It validates exactly as ``edgescribe 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 import yaml
 
 from edgescribe.daemon.config import InvalidConfig, load_config
+from edgescribe.daemon.config.overlay import flat_keys, overlay_path, read_overlay
 from edgescribe.daemon.config.reference import plain
 
 
@@ -39,5 +41,9 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(yaml.safe_dump(plain(config), sort_keys=False, default_flow_style=False))
     else:
         print(f"{args.file}: OK (device_id {config.device_id})")
+    # remote changes (config/set) are merged over the file; name each with its origin
+    overlay = overlay_path(config.service.state_dir)
+    for key, value in flat_keys(read_overlay(overlay)):
+        print(f"# {key}: {json.dumps(value)} (from {overlay}, set remotely; every other value is the file's or default)")
     return 0
 

@@ -14,6 +14,11 @@ from edgescribe.daemon.config.schema import Section, setting
 # transcription section (tests, tools); the daemon passes partial_interval_s.
 DEFAULT_PARTIAL_INTERVAL_S = 1.0
 
+# the targets daemon/chinese_script.py converts to (as_model: no conversion)
+ChineseScript = Literal[
+    "as_model", "simplified", "traditional", "traditional_taiwan", "traditional_hong_kong", "traditional_taiwan_phrases"
+]
+
 
 class TranscriptionConfig(Section):
     language: str = setting(
@@ -85,10 +90,25 @@ class TranscriptionConfig(Section):
         help="Temperatures tried in turn for a final whose result fails a gate. The first is used "
         "for partials. One entry disables the fallback.",
     )
+    beam_size: int = setting(
+        1,
+        "Beams of the beam search for finals at temperature 0; 1 decodes greedily. 5 is usually a "
+        "little more accurate on a loud floor and costs several times the decoding time of a final "
+        "(see docs/benchmarks.md). Partials and the hotter fallback retries are always greedy.",
+        min=1,
+        max=16,
+    )
     condition_on_previous_text: bool = setting(
         False,
         "Put the stream's previous final into the prompt. Off by default: on live audio it lets "
         "one hallucination repeat itself into every following utterance.",
+    )
+    chinese_script: ChineseScript = setting(
+        "as_model",
+        "Script of Chinese text in partials, finals and alert matching: as_model keeps Whisper's own "
+        "mix of simplified and traditional characters; the others convert every Han character with "
+        "OpenCC's dictionaries (traditional_taiwan_phrases also uses Taiwan's vocabulary). For "
+        "Chinese plants only: Japanese kanji would be converted too.",
     )
     max_pending_finals: int = setting(
         32,
