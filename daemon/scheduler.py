@@ -147,14 +147,25 @@ class EngineManager:
             return
         if self._stopping.is_set():
             return
+        self._serve(model, self._upgrade_path, started)
+        self.switched.set()
+
+    def switch(self, package_dir: Path) -> Any:
+        """Load ``package_dir`` (on the caller's thread) and serve it from the next utterance on.
+        If it fails to load, the serving model stays and the error is raised."""
+        started = time.monotonic()
+        model = self._load(Path(package_dir))
+        self._serve(model, Path(package_dir), started)
+        return model
+
+    def _serve(self, model: Any, package_dir: Path, started: float) -> None:
         with self._lock:
             old = self._current
             self._current = model
             # the old model stays only while utterances that started on it are still open
             self._retiring = old if self._leases[id(old)] > 0 else None
         log.info("switched serving model %s -> %s (loaded in %.1f s)", old.name, model.name, time.monotonic() - started)
-        self._emit(self._model_event("switched", model, f"from {old.name}; new utterances use {self._upgrade_path}"))
-        self.switched.set()
+        self._emit(self._model_event("switched", model, f"from {old.name}; new utterances use {package_dir}"))
 
     @staticmethod
     def _model_event(action: str, model: Any, detail: str) -> ModelEvent:
@@ -174,6 +185,7 @@ class DecodeRequest:
     language: Optional[str] = None  # None: detect
     task: str = "transcribe"
     prompt: str = ""
+    beam_size: int = 1  # > 1: beam search (at temperature 0 only)
     tag: Any = None  # the submitter's own note, handed back untouched with the outcome
     submitted: float = field(default_factory=time.monotonic)
 
@@ -389,4 +401,5 @@ def _options_for(request: DecodeRequest, model: Any) -> DecodingOptions:
         prompt=tuple(model.tokenizer.encode_prompt(request.prompt)) if request.prompt else (),
         without_timestamps=True,  # a live utterance is one segment; its times come from the segmenter
         seed=0,  # fallback sampling is reproducible, as in the offline pipeline
+        beam_size=request.beam_size,
     )

@@ -55,6 +55,7 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
+from edgescribe.daemon import chinese_script
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import Confidence, TranscriptEvent
 from edgescribe.daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler, ModelLease
@@ -232,6 +233,9 @@ class _Settings:
     config: TranscriptionConfig
     gates: QualityGates
     deliver: Callable[[DecodeOutcome], None]  # the driver's entry for outcomes (the requests' on_done)
+    # transcription.chinese_script: applied to every hypothesis before the agreement sees it,
+    # so stable words stay stable in the plant's script
+    script: Callable[[str], str] = lambda text: text
 
 
 @dataclass
@@ -361,7 +365,7 @@ class LiveUtterance:
             return []
         if not all(self._settings.gates.is_usable(r) for r in outcome.results):
             return []  # a dubious hypothesis would only poison the agreement
-        words = self._dedupe(stream, " ".join(r.text.strip() for r in outcome.results).split())
+        words = self._dedupe(stream, self._settings.script(" ".join(r.text.strip() for r in outcome.results)).split())
         if outcome.request.tag:  # cut mid-word
             words = words[:-1]  # also kept out of the agreement: a cut word must not turn stable
         stable, tail = self._agreement.update(words)
@@ -437,7 +441,7 @@ class LiveUtterance:
                 stream.drops["no_speech"] += 1
             elif gates.is_looping(result):
                 stream.drops["compression_ratio"] += 1
-        words = self._dedupe_final(stream, " ".join(r.text.strip() for r in kept).split())
+        words = self._dedupe_final(stream, self._settings.script(" ".join(r.text.strip() for r in kept)).split())
         return self._finish(stream, outcome, words, kept)
 
     def _keep_passing(self, outcome: DecodeOutcome, stream: StreamMemory) -> Optional[DecodeRequest]:
@@ -502,6 +506,7 @@ class LiveUtterance:
             language=None if config.language == "auto" else config.language,
             task=config.task,
             prompt=build_prompt(config, stream.previous_text),
+            beam_size=config.beam_size if final and temperature == 0 else 1,  # partials stay greedy
             tag=tag,
         )
 
@@ -560,7 +565,7 @@ class StreamTranscriber:
         self._engines = engines
         self._emit = emit
         gates = QualityGates(config.compression_ratio_threshold, config.log_prob_threshold, config.no_speech_threshold)
-        self._settings = _Settings(stream, config, gates, self._deliver)
+        self._settings = _Settings(stream, config, gates, self._deliver, chinese_script.converter(config.chinese_script))
         self._lock = threading.Lock()
         self._open: dict[str, LiveUtterance] = {}
         self._memory = StreamMemory()

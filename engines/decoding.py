@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from edgescribe.engines.beam_search import beam_decode
 from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.tokenizer import TIME_PRECISION
 
@@ -49,6 +50,9 @@ class DecodingOptions:
     suppress_tokens: tuple[int, ...] = (-1,)  # -1: the tokenizer's non-speech symbols
     max_initial_timestamp: float | None = 1.0  # seconds; the first timestamp may not be later
     seed: int | None = None  # for reproducible sampling when temperature > 0
+    beam_size: int = 1  # > 1: beam search (engines/beam_search.py), at temperature 0 only
+    patience: float = 1.0  # beam search ends once round(beam_size * patience) sequences finished
+    length_penalty: float | None = None  # None: rank beams by logprob / length; else ((5 + length) / 6) ** this
 
 
 @dataclass(frozen=True)
@@ -99,7 +103,8 @@ def decode(
     """Decode a batch of log-mel windows float32 [batch, n_mels, 3000]; one result per window.
 
     ``options`` is one set for every window or a list with one per window (e.g. each stream
-    its own prompt or temperature). ``encoded`` is ``model.runner.encode(mel)`` when the
+    its own prompt or temperature; ``beam_size`` > 1 searches with engines/beam_search.py).
+    ``encoded`` is ``model.runner.encode(mel)`` when the
     caller already has it (temperature fallback decodes the same window again).
     """
     if mel.ndim == 2:
@@ -111,8 +116,23 @@ def decode(
         raise ValueError(f"{len(options)} decoding options for {batch} windows")
     if batch == 0:
         return []
+    beam = any(o.beam_size > 1 for o in options)
+    sampled = [i for i, o in enumerate(options) if o.temperature > 0]
+    if beam and 0 < len(sampled) < batch:
+        # beam search and sampling in one batch: each decodes on its own (beam_size 1 at
+        # temperature 0 is greedy decoding in either)
+        if encoded is not None:
+            raise ValueError("encoded can be given only for a batch without both beam search and sampling")
+        rest = [i for i in range(batch) if options[i].temperature <= 0]
+        results = dict(zip(rest, decode(model, mel[rest], [options[i] for i in rest])))
+        results.update(zip(sampled, decode(model, mel[sampled], [options[i] for i in sampled])))
+        return [results[i] for i in range(batch)]
     if encoded is None:
         encoded = model.runner.encode(np.ascontiguousarray(mel, dtype=np.float32))
+    if beam:
+        # a TensorRT engine's profile caps the rows (windows x beams) of one decoder call
+        max_rows = getattr(model.runner, "max_batch", None)
+        return beam_decode(lambda rows: _BatchDecoder(model, rows), encoded, options, max_rows)
     return _BatchDecoder(model, options).run(encoded)
 
 
@@ -147,6 +167,10 @@ class _BatchDecoder:
             self.tokenizer.language_token(option.language)  # raises on unknown codes
         if option.task == "translate" and not self.model.is_multilingual:
             raise ValueError("translation needs a multilingual model; this one is English-only")
+        if option.beam_size < 1 or option.patience <= 0:
+            raise ValueError(f"beam_size must be 1 or more and patience above 0, got {option.beam_size} and {option.patience}")
+        if option.beam_size > 1 and option.temperature > 0:
+            raise ValueError(f"beam search runs at temperature 0, got beam_size {option.beam_size} at {option.temperature}")
 
     # -- prompt --------------------------------------------------------------------
 

@@ -115,3 +115,13 @@ class OnnxRunner:
                 cache.k[:, b, offset : offset + n] = new_k[:, b]
                 cache.v[:, b, offset : offset + n] = new_v[:, b]
         return logits
+
+    def select_cross(self, cross: CrossKV, indices: np.ndarray) -> CrossKV:
+        return CrossKV(cross.k[:, indices], cross.v[:, indices])  # fancy indexing: contiguous copies
+
+    def reorder(self, cache: KVCache, indices: np.ndarray, length: int) -> None:
+        moved = np.flatnonzero(indices != np.arange(len(indices)))
+        if moved.size:
+            for buffer in (cache.k, cache.v):
+                # the right side is gathered into a copy first, so a permutation is safe
+                buffer[:, moved, :length] = buffer[:, indices[moved], :length]

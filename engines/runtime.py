@@ -53,3 +53,11 @@ class Runner(Protocol):
         Writes the new keys/values into ``cache`` at ``offsets`` and returns the
         logits of the last position, float32 [batch, n_vocab], on the host.
         """
+
+    def select_cross(self, cross: Any, indices: np.ndarray) -> Any:
+        """New cross-attention K/V whose row ``i`` is row ``indices[i]`` of ``cross`` (a window
+        repeated once per beam of a beam search)."""
+
+    def reorder(self, cache: Any, indices: np.ndarray, length: int) -> None:
+        """Make row ``i`` of ``cache`` a copy of its row ``indices[i]``, in place, for positions
+        below ``length`` (beam search: each beam takes over the cache of the beam it extends)."""

@@ -35,6 +35,9 @@ class TranscribeOptions:
     initial_prompt: str | None = None  # text that conditions the first window (names, jargon)
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
     best_of: int = 5  # samples per window at temperatures > 0; the likeliest is kept
+    beam_size: int = 1  # beams at temperature 0 (1: greedy); see engines/beam_search.py
+    patience: float = 1.0  # beam search: finish once round(beam_size * patience) sequences ended
+    length_penalty: float | None = None  # beam search: None ranks by logprob / length
     compression_ratio_threshold: float | None = 2.4  # above: repetitive, try a higher temperature
     log_prob_threshold: float | None = -1.0  # average log-probability below: try a higher temperature
     no_speech_threshold: float | None = 0.6  # no-speech probability above (and logprob low): skip
@@ -158,6 +161,10 @@ class _SeekLoop:
             suppress_tokens=o.suppress_tokens,
             max_initial_timestamp=o.max_initial_timestamp,
             seed=o.seed,
+            # as openai-whisper: beam search at temperature 0, sampling (best_of) above it
+            beam_size=o.beam_size if temperature == 0 else 1,
+            patience=o.patience,
+            length_penalty=o.length_penalty,
         )
 
     def _decode_with_fallback(self, window: np.ndarray, language: str | None, prompt: list[int]) -> DecodingResult:

@@ -35,11 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--initial-prompt", metavar="TEXT", help="text that conditions the first window (names, jargon)")
     parser.add_argument("--no-condition", action="store_true", help="do not condition each window on the previous text")
     parser.add_argument("--without-timestamps", action="store_true", help="decode text only (one segment per window)")
+    parser.add_argument("--beam-size", type=int, default=1, metavar="N",
+                        help="beam search with N beams at temperature 0 (default 1: greedy); slower, often more accurate in noise")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 0:
         raise EdgescribeError(f"--threads must be 0 or more, got {args.threads}")
+    if args.beam_size < 1:
+        raise EdgescribeError(f"--beam-size must be 1 or more, got {args.beam_size}")
     # Read every file first: a bad file fails the command before the model loads or minutes of decoding.
     audio = {path: load_audio(path) for path in args.files}
     model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         initial_prompt=args.initial_prompt,
         condition_on_previous_text=not args.no_condition,
         without_timestamps=args.without_timestamps,
+        beam_size=args.beam_size,
     )
     for number, (path, samples) in enumerate(audio.items()):
         started = time.monotonic()

@@ -281,6 +281,44 @@ class TensorRTRunner:
             stream.synchronize()
             return host_logits.astype(np.float32, copy=True)
 
+    def select_cross(self, cross: DeviceCrossKV, indices: np.ndarray) -> DeviceCrossKV:
+        dims = self._dims
+        row = _nbytes((dims.n_audio_ctx, dims.n_text_state), self.kv_dtype)
+        count = len(indices)
+        with self._gpu.active():
+            selected = DeviceCrossKV(self._gpu.alloc(row * dims.n_text_layer * count),
+                                     self._gpu.alloc(row * dims.n_text_layer * count), count)
+            for i, source in enumerate(np.asarray(indices).tolist()):
+                for old, new in ((cross.k, selected.k), (cross.v, selected.v)):
+                    # one strided copy per row: its slice in every layer
+                    self._gpu.copy_2d(new.ptr + i * row, count * row, old.ptr + source * row, cross.batch * row,
+                                      row, dims.n_text_layer, self._stream)
+            self._stream.synchronize()
+        return selected
+
+    def reorder(self, cache: DeviceCache, indices: np.ndarray, length: int) -> None:
+        """Device-to-device: the moved rows' sources go to a scratch buffer first (a
+        permutation would otherwise read rows already overwritten), then into place."""
+        indices = np.asarray(indices)
+        moved = np.flatnonzero(indices != np.arange(len(indices))).tolist()
+        if not moved or length <= 0:
+            return
+        dims = self._dims
+        layers = dims.n_text_layer
+        row = _nbytes((dims.n_text_ctx, dims.n_text_state), self.kv_dtype)  # one sequence in one layer
+        width = _nbytes((length, dims.n_text_state), self.kv_dtype)
+        gpu, stream = self._gpu, self._stream
+        with gpu.active():
+            scratch = gpu.alloc(width * layers * len(moved))
+            for buffer in (cache.k, cache.v):
+                for i, target in enumerate(moved):
+                    gpu.copy_2d(scratch.ptr + i * width, len(moved) * width, buffer.ptr + int(indices[target]) * row,
+                                cache.batch * row, width, layers, stream)
+                for i, target in enumerate(moved):
+                    gpu.copy_2d(buffer.ptr + target * row, cache.batch * row, scratch.ptr + i * width,
+                                len(moved) * width, width, layers, stream)
+            stream.synchronize()  # the scratch buffer is freed when this returns
+
     def _bind_kv(self, cache: DeviceCache, cross: DeviceCrossKV, batch: int) -> None:
         """Bind the K/V inputs to ``cache`` and ``cross``: each layer's input at its layer's offset.
 
