@@ -15,13 +15,14 @@ silence before it declares the end. So when it reports a pause (``PAUSE_AFTER_S`
 non-speech), the final's first decode starts right away on the audio up to that pause. If
 the utterance then ends with no more speech, that decode *is* the final's first attempt
 (waited for if still running) and goes through exactly the same gates, fallback and
-de-duplication; if speech resumes, it is withdrawn or its result ignored. The reused decode
+de-duplication; if speech resumes, it is withdrawn or its result ignored. The speculation
 heard the speech and the pause so far, not the rest of the ``min_silence_s`` the ended
-update adds: those samples do not exist yet when it starts. Whisper reads the rest of its
-30-s window as padding either way, so the text is nearly always the same, but tiny.en can
-change a word (the segmenter's ``PAUSE_AFTER_S`` note gives the measured cost). Making
-every final decode its speech plus a fixed tail of zeros would make the two identical; it
-was tried and rejected: it changed words too (JFK's "Americans" became "American").
+update adds (those samples do not exist yet when it starts), and tiny.en can change a word
+between the two. So a final with no speech after its last pause decodes exactly the audio
+up to that pause whether or not a speculation ran: when inference is behind the offer is
+refused, and the final must not then hear different audio (issue 15: finals are a
+function of the audio alone, tests/daemon/test_determinism.py). A fixed tail of zeros
+instead was tried and rejected: it changed words (JFK's "Americans" became "American").
 
 Partials: a periodic update ends mid-speech, usually inside a word, and Whisper completes
 a cut word into whatever fits; so the last word of a mid-speech hypothesis is neither shown
@@ -283,6 +284,9 @@ class LiveUtterance:
         self._last_partial_s = -1e9  # utterance length (audio s) at the last partial queued
         self._offered: Optional[Utterance] = None  # the update whose Offer awaits its answer
         self._speculation: Optional[_Speculation] = None
+        # (speech_end, samples) of the last pause update: a final after it with no more speech
+        # decodes just those samples, speculated or not, so its text does not depend on load
+        self._pause: Optional[tuple[int, int]] = None
         # the final: one result slot per window, filled as temperatures pass the gates
         self._final: Optional[DecodeRequest] = None  # the attempt being decoded
         self._windows: list[np.ndarray] = []
@@ -304,6 +308,7 @@ class LiveUtterance:
             actions += self._drop_speculation(stream)  # speech resumed: that decode heard too little
         if utterance.pause and self._settings.config.speculative_final and utterance.speech_end is not None:
             actions += self._drop_speculation(stream)
+            self._pause = (utterance.speech_end, len(utterance.samples))
             self._offered = utterance
             request = self._request(split_windows(utterance.samples), stream, final=True,
                                     temperature=self._settings.config.temperatures[0])
@@ -402,7 +407,10 @@ class LiveUtterance:
                 return []  # still decoding: its outcome finishes the final
             return self._final_decoded(speculation.outcome, stream)
         actions = self._drop_speculation(stream)
-        windows = split_windows(ended.samples)
+        heard = ended.samples
+        if self._pause is not None and ended.speech_end == self._pause[0]:
+            heard = heard[: self._pause[1]]  # what a speculation at the pause heard (issue 15)
+        windows = split_windows(heard)
         self._begin_final(self._request(windows, stream, final=True, temperature=self._settings.config.temperatures[0]))
         return actions + [Queue(self._final)]
 
