@@ -66,9 +66,11 @@ class StreamStateEvent:
 
 @dataclass(frozen=True)
 class ModelEvent:
-    """The serving model changed, or engines were (re)built."""
+    """The serving model changed, or engines were (re)built; ``build_*``: a model/switch building the
+    new package's TensorRT engines (daemon/engine_rollout.py)."""
 
-    action: Literal["loaded", "switched", "engine_rebuilt"]
+    action: Literal["loaded", "switched", "engine_rebuilt", "build_started", "build_progress", "build_done",
+                    "build_failed"]
     model: str
     backend: str
     detail: str

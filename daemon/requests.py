@@ -18,6 +18,9 @@ A ``config/set`` goes on probation (``ChangeGuard``): unless the daemon is healt
 stream not paused is up, the model is loaded, the broker is connected) within
 ``requests.rollback_after_s`` of the change, the previous overlay is restored, a
 ``ConfigChangeEvent`` says so, and the daemon applies it (in place, or by a restart).
+
+A ``model/switch`` first builds the new package's TensorRT engines where TensorRT is present
+(daemon/engine_rollout.py, progress as ``model`` events) and answers which backend serves it.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from edgescribe.daemon.config.overlay import (
 )
 from edgescribe.daemon.config.reference import plain, render_json_schema
 from edgescribe.daemon.config.requests import RequestsConfig
+from edgescribe.daemon.engine_rollout import EngineBuildRefused, EngineRollout
 from edgescribe.daemon.events import ConfigChangeEvent, Event, RequestEvent
 from edgescribe.daemon.health import ServiceInfo
 from edgescribe.daemon.mqtt_link import Inbound
@@ -138,12 +142,14 @@ def verify_package(directory: Path, expected_sha256: Optional[str]) -> None:
 
 class RequestHandler:
     def __init__(self, config: RequestsConfig, topics: Topics, publisher: Publisher, emit: Callable[[Event], None],
-                 daemon: Daemon, clock: Callable[[], float] = time.monotonic):
+                 daemon: Daemon, clock: Callable[[], float] = time.monotonic,
+                 engine_rollout: Optional[EngineRollout] = None):
         self.config = config
         self.topics = topics
         self.publisher = publisher
         self.emit = emit
         self.daemon = daemon
+        self.engine_rollout = engine_rollout or EngineRollout(emit)  # TensorRT engines for model/switch
         self._bucket = TokenBucket(config.rate_per_s, config.burst, clock)
         self._queue: queue.Queue[Optional[Request]] = queue.Queue(QUEUE_LIMIT)
         self._refusals_lock = threading.Lock()
@@ -353,14 +359,21 @@ class RequestHandler:
         directory = Path(package)
         verify_package(directory, expected)
         _, new_overlay, _ = self._propose({"models": {"serving": str(directory)}}, "model/switch")
+        # Built before the switch, on this thread: requests behind it wait (up to QUEUE_LIMIT), capture
+        # and inference do not, and the old model serves until the new one is loaded.
+        try:
+            plan = self.engine_rollout.prepare(ModelPackage.load(directory), self.daemon.config.engine)
+        except EngineBuildRefused as error:
+            raise RequestError(f"package: {directory}: {error}; the serving model stays") from None
         try:
             self.daemon.switch_model(directory)
         except Exception as error:  # the serving model stays; say why in one line
             raise RequestError(f"package: {directory} failed to load, the serving model stays: {error}") from None
         # kept in the overlay, so a restart serves the new model too
         write_overlay(self._overlay_file(), new_overlay, self.daemon.config_path)
-        return Outcome({"model": self.daemon.service_info().model, "package": str(directory)},
-                       f"serving {directory}", ("models.serving",))
+        info = self.daemon.service_info()
+        return Outcome({"model": info.model, "package": str(directory), "backend": info.backend,
+                        "engines": plan.detail}, f"serving {directory} on {info.backend}", ("models.serving",))
 
     def _stream(self, body: dict, pause: bool) -> Outcome:
         name = body.get("stream")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""A simulated fleet on one (plant) broker: load for the broker and the fleet view.
+"""A simulated fleet on one (plant) broker, straight or through bridges: load for the broker and the fleet view.
 
 Each simulated device is its own MQTT connection with the daemon's last will (``offline``,
 retained, on ``<prefix>/<device>/availability``), publishes ``online`` on connect, a
@@ -14,8 +14,21 @@ connection goes silent without a DISCONNECT, so the broker sends the will after
 does for a killed daemon, and the will goes at once), and times how long the fleet view's model takes to flag each one
 OFFLINE. With ``--broker-pid`` it reports the broker's CPU from /proc/<pid>/stat.
 
+With ``--bridges N`` the devices do not connect to the plant broker: the script starts N
+local mosquitto processes on free loopback ports, spreads the devices over them, and gives
+every device its own bridge connection to the plant broker made from the shipped
+config/mosquitto/bridge.conf (placeholders filled in, nothing else changed), as if N devices'
+brokers shared a process. The plant broker then sees one bridge connection per device, with
+the bridge's retained state on ``<prefix>/bridge/<device>``, and a historian subscribed there
+counts the finals that arrive. ``--vanish-how bridge`` freezes (SIGSTOP) the local brokers
+of the K doomed devices, as a power cut of the device box does: the plant broker notices
+the silent bridges after 1.5 x the bridge's keepalive_interval and the fleet view flags
+every device on those brokers (BRIDGE DOWN or OFFLINE).
+
     .venv/bin/python scripts/simulate_fleet.py --broker 127.0.0.1:1883 --devices 200 \\
         --duration 240 --vanish 3 --vanish-after 60 --broker-pid $(pidof mosquitto)
+    .venv/bin/python scripts/simulate_fleet.py --broker 127.0.0.1:1883 --devices 200 --bridges 10 \\
+        --duration 150 --vanish 1 --vanish-how bridge --vanish-after 30 --broker-pid $(pidof mosquitto)
 """
 
 from __future__ import annotations
@@ -25,8 +38,12 @@ import heapq
 import json
 import os
 import random
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,6 +58,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from edgescribe.daemon.fleet_command import FleetClient  # noqa: E402
 from edgescribe.daemon.fleet_view import FleetModel  # noqa: E402
+
+BRIDGE_CONF = Path(__file__).resolve().parents[1] / "config" / "mosquitto" / "bridge.conf"
+FLAGS_OFFLINE = ("OFFLINE", "BRIDGE DOWN")  # what the fleet view shows for a device gone dark
 
 PHRASES = ("start the conveyor", "stop line two", "pallet seven is ready", "check the hydraulic pressure",
            "press four needs maintenance", "raise the guard", "quality hold on this batch", "all clear")
@@ -161,6 +181,88 @@ def connect_device(device: SimDevice, host: str, port: int, keepalive: int, coun
     device.client = client
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def bridge_block(device: str, prefix: str, plant: str) -> str:
+    """The shipped bridge.conf for ``device``, placeholders filled in; the global option it sets is
+    left to the broker's own configuration (it would repeat once per device)."""
+    text = BRIDGE_CONF.read_text()
+    for placeholder, value in (("@DEVICE_ID@", device), ("@PREFIX@", prefix), ("@PLANT_ADDRESS@", plant)):
+        text = text.replace(placeholder, value)
+    return "\n".join(line for line in text.splitlines() if not line.startswith("max_queued_messages"))
+
+
+class LocalBroker:
+    """One local mosquitto on a free loopback port, bridging each of its devices to the plant broker."""
+
+    def __init__(self, workdir: Path, index: int, devices: list[str], prefix: str, plant: str):
+        self.port = free_port()
+        self.devices = devices
+        self.frozen = False
+        config = workdir / f"local-{index:02d}.conf"
+        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true", "persistence false",
+                 f"log_dest file {workdir / f'local-{index:02d}.log'}", "log_type error", "log_type warning",
+                 "max_queued_messages 10000"]
+        if os.geteuid() == 0:  # else mosquitto drops to a user that cannot write the log here
+            lines.append("user root")
+        config.write_text("\n".join(lines) + "\n\n" + "\n\n".join(bridge_block(d, prefix, plant) for d in devices)
+                          + "\n")
+        self.process = subprocess.Popen(["mosquitto", "-c", str(config)], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE)
+
+    def wait_listening(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                problem = self.process.stderr.read().decode().strip()
+                raise SystemExit(f"simulate_fleet: error: local mosquitto exited: {problem}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise SystemExit(f"simulate_fleet: error: local mosquitto did not listen on {self.port} within {timeout} s")
+
+    def freeze(self) -> None:
+        self.process.send_signal(signal.SIGSTOP)
+        self.frozen = True
+
+    def stop(self) -> None:
+        if self.frozen:
+            self.process.send_signal(signal.SIGCONT)
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class Historian:
+    """A plant-side subscriber to every final (QoS 1), counting what crossed the bridges."""
+
+    def __init__(self, host: str, port: int, prefix: str):
+        self.received = 0
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="sim-historian")
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{prefix}/+/transcript/+/final", qos=1)
+        self.client.on_message = self._on_message
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, message) -> None:
+        with self._lock:
+            self.received += 1
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
 def vanish(device: SimDevice, how: str) -> None:
     """``power``: the connection goes quiet (no DISCONNECT, no more pings) and stays open, as when
     the device loses power or its cable; ``crash``: the process dies and its kernel closes the socket."""
@@ -182,28 +284,68 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=180.0, help="seconds of steady publishing")
     parser.add_argument("--vanish", type=int, default=0, help="devices that lose power during the run")
     parser.add_argument("--vanish-after", type=float, default=60.0)
-    parser.add_argument("--vanish-how", choices=("power", "crash"), default="power",
-                        help="power: the connection goes silent; crash: the socket is closed (a killed daemon)")
+    parser.add_argument("--vanish-how", choices=("power", "crash", "bridge"), default="power",
+                        help="power: the connection goes silent; crash: the socket is closed (a killed daemon); "
+                        "bridge (with --bridges): the doomed devices' local brokers freeze, as in a power cut")
+    parser.add_argument("--bridges", type=int, default=0,
+                        help="start this many local mosquitto processes bridged to --broker and spread the devices "
+                        "over them (0: devices connect to --broker directly)")
     parser.add_argument("--broker-pid", type=int, help="report this broker process's CPU use")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--report", type=Path, help="also write the figures as JSON here")
     args = parser.parse_args()
+    if not 0 <= args.bridges <= args.devices:
+        parser.error(f"--bridges: expected 0 to --devices ({args.devices}); got {args.bridges}")
+    if args.vanish_how == "bridge" and not args.bridges:
+        parser.error("--vanish-how bridge needs --bridges")
+    if args.bridges and shutil.which("mosquitto") is None:
+        parser.error("--bridges needs mosquitto (apt-get install mosquitto)")
+    names = [f"sim-{i:03d}" for i in range(args.devices)]
+    brokers: list[LocalBroker] = []
+    with tempfile.TemporaryDirectory(prefix="simulate-fleet-") as workdir:
+        try:
+            for index in range(args.bridges):
+                brokers.append(LocalBroker(Path(workdir), index, names[index::args.bridges], args.prefix, args.broker))
+            for broker in brokers:
+                broker.wait_listening()
+            return simulate(args, names, brokers)
+        finally:
+            for broker in brokers:
+                broker.stop()
 
+
+def simulate(args: argparse.Namespace, names: list[str], brokers: list[LocalBroker]) -> int:
     host, _, port = args.broker.rpartition(":")
     rng = random.Random(args.seed)
     counter = Counter()
-    devices = [SimDevice(f"sim-{i:03d}", args.prefix, args.streams, jetson=i % 2 == 0, model=MODELS[i % len(MODELS)])
-               for i in range(args.devices)]
-    for device in devices:
-        connect_device(device, host, int(port), args.keepalive, counter)
+    devices = [SimDevice(name, args.prefix, args.streams, jetson=i % 2 == 0, model=MODELS[i % len(MODELS)])
+               for i, name in enumerate(names)]
+    historian = Historian(host, int(port), args.prefix) if brokers else None
+    for index, device in enumerate(devices):
+        local = brokers[index % len(brokers)] if brokers else None
+        connect_device(device, "127.0.0.1" if local else host, local.port if local else int(port), args.keepalive,
+                       counter)
 
     viewer = FleetClient(argparse.Namespace(broker=args.broker, tls=False, tls_ca_file=None, tls_cert_file=None,
                                             tls_key_file=None, username=None, password_file=None),
                          FleetModel(prefix=args.prefix))
     viewer.connect()
+    bridges_up_s = None
+    if brokers:  # publish once every bridge is up, or the first finals would wait in the local queues
+        waited, wanted = time.time(), set(names)
+        while time.time() - waited < 60:
+            # a device shows up at the plant broker only through its bridge (its retained "online")
+            with viewer.lock:
+                up = sum(1 for row in viewer.model.rows(time.time())
+                         if row.device in wanted and row.flag != "BRIDGE DOWN")
+            if up == len(wanted):
+                break
+            time.sleep(0.2)
+        bridges_up_s = round(time.time() - waited, 1)
 
     start = time.time()
     cpu_start = cpu_seconds(args.broker_pid) if args.broker_pid else None
+    local_cpu_start = sum(cpu_seconds(b.process.pid) for b in brokers)
     events: list[tuple[float, int, str, str]] = []  # (when, device index, kind, stream)
     for index, device in enumerate(devices):
         heapq.heappush(events, (start + rng.uniform(0, args.health_interval), index, "health", ""))
@@ -217,14 +359,22 @@ def main() -> int:
     while True:
         now = time.time()
         if doomed and now >= vanish_at:
-            for index in doomed:
-                vanish(devices[index], args.vanish_how)
+            if args.vanish_how == "bridge":
+                frozen = {index % len(brokers) for index in doomed}
+                for b in frozen:
+                    brokers[b].freeze()
+                for index, device in enumerate(devices):
+                    if index % len(brokers) in frozen:
+                        device.vanished_at = time.time()  # its box is dark: nothing more from it
+            else:
+                for index in doomed:
+                    vanish(devices[index], args.vanish_how)
             doomed = []
         if now >= next_look:
             next_look = now + 0.1
             with viewer.lock:
                 for row in viewer.model.rows(now):
-                    if row.flag == "OFFLINE" and row.device not in seen_offline:
+                    if row.flag in FLAGS_OFFLINE and row.device not in seen_offline:
                         seen_offline[row.device] = now
         if now >= end:
             break
@@ -245,6 +395,7 @@ def main() -> int:
         time.sleep(min(0.02, max(0.0, (events[0][0] if events else end) - now)))
     elapsed = time.time() - start
     cpu = (cpu_seconds(args.broker_pid) - cpu_start) / elapsed * 100 if args.broker_pid else None
+    local_cpu = (sum(cpu_seconds(b.process.pid) for b in brokers) - local_cpu_start) / elapsed * 100
 
     vanished = [d for d in devices if d.vanished_at is not None]
     delays = sorted(seen_offline[d.name] - d.vanished_at for d in vanished if d.name in seen_offline)
@@ -255,6 +406,9 @@ def main() -> int:
         "health_interval_s": args.health_interval, "keepalive_s": args.keepalive, "duration_s": round(elapsed, 1),
         "published": dict(counter.counts), "messages_per_s": round(sum(counter.counts.values()) / elapsed, 1),
         "broker_cpu_percent": None if cpu is None else round(cpu, 2),
+        "bridges": len(brokers), "bridges_up_after_s": bridges_up_s,
+        "local_brokers_cpu_percent": round(local_cpu, 2) if brokers else None,
+        "finals_received_at_plant": historian.received if historian else None,
         "fleet_view_rows": len(rows), "fleet_view_flagged": sum(1 for r in rows if r.flag),
         "vanished": len(vanished), "vanish_how": args.vanish_how, "offline_shown": len(delays),
         "offline_shown_after_s": [round(d, 1) for d in delays],
@@ -263,6 +417,8 @@ def main() -> int:
     if args.report:
         args.report.write_text(json.dumps(report, indent=1) + "\n")
     viewer.close()
+    if historian is not None:
+        historian.close()
     for device in devices:
         if device.vanished_at is None:  # a clean stop, as the daemon does it
             device.client.publish(device.topic("availability"), "stopped", qos=1, retain=True).wait_for_publish(5)

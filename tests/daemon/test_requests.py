@@ -264,6 +264,12 @@ def test_every_operation_and_its_errors_through_the_daemon(tmp_path, broker, tin
         manifest_sha = hashlib.sha256((good / "manifest.json").read_bytes()).hexdigest()
         switched = operator.ask("model/switch", {"package": str(good), "sha256": manifest_sha}, timeout=60)
         assert switched["status"] == "ok", switched
+        # no TensorRT on this machine: nothing built, ONNX Runtime serves, and the answer says why
+        assert switched["data"]["backend"] == "onnxruntime", switched
+        assert switched["data"]["engines"].startswith("TensorRT not available, no engines built: TensorRT is not "
+                                                      "installed"), switched
+        assert not operator.events("model") or not any(e["action"].startswith("build_")
+                                                       for e in operator.events("model"))
         operator.wait(lambda m: m[0].endswith("/event") and m[1].get("type") == "model"
                       and m[1]["action"] == "switched" and str(good) in m[1]["detail"], 10, "model switched event")
         assert f"serving: {good}" in (tmp_path / "state" / OVERLAY_NAME).read_text()
@@ -365,6 +371,45 @@ def test_a_config_set_that_breaks_the_audio_device_rolls_back(tmp_path, broker, 
         operator.close()
     assert daemon.returncode == 0, "".join(logs)
     assert "Traceback" not in "".join(logs)
+
+
+def test_an_in_place_change_on_an_unhealthy_daemon_rolls_back_in_place(tmp_path, broker, tiny_en_package):
+    """The in-place path of the rollback. No live key (only ``logging.level`` is one) can itself
+    break the daemon, but probation does not ask what broke it: a live change made while a stream
+    is down is rolled back at its deadline, applied in place again, with no restart."""
+    rollback_after_s = 4.0
+    config = write_config(tmp_path, broker.port, tiny_en_package.dir, rollback_after_s=rollback_after_s,
+                          stream="    device: hw:CARD=NoSuchCard,DEV=0\n")
+    operator = Operator(broker.port)
+    logs: list[str] = []
+    daemon = start_daemon(config)
+    try:
+        wait_for_log(daemon, logs, "ready:", 90)
+        verdict = operator.ask("health_check")["data"]
+        assert not verdict["healthy"] and "stream press is down" in verdict["detail"], verdict
+        response = operator.ask("config/set", {"config": {"logging": {"level": "debug"}}})
+        assert response["data"] == {"changed": ["logging.level"], "applied": "live"}, response
+        assert "level: debug" in (tmp_path / "state" / OVERLAY_NAME).read_text()
+        _, rolled_back, _, _ = operator.wait(
+            lambda m: m[0].endswith("/event") and m[1].get("type") == "config_change"
+            and m[1]["action"] == "rolled_back", rollback_after_s + 15, "rolled back event")
+        validate_payload(rolled_back, "event")
+        assert rolled_back["changed"] == ["logging.level"] and rolled_back["transaction"] == response["transaction"]
+        assert f"not healthy within {rollback_after_s:g} s" in rolled_back["detail"], rolled_back
+        assert not any(e["action"] == "confirmed" for e in operator.events("config_change"))
+        assert not (tmp_path / "state" / OVERLAY_NAME).exists() and not (tmp_path / "state" / PENDING_NAME).exists()
+        # applied in place again: the same process answers, on the technician's level
+        assert daemon.poll() is None, "the rollback of a live key restarted the daemon"
+        got = operator.ask("config/get")["data"]
+        assert got["config"]["logging"]["level"] == "info" and got["remote_keys"] == [], got
+        daemon.terminate()
+        logs.append(daemon.communicate(timeout=60)[1])
+    finally:
+        daemon.kill()
+        operator.close()
+    log = "".join(logs)
+    assert daemon.returncode == 0, log
+    assert "restarting" not in log and "Traceback" not in log
 
 
 class AclMosquitto(Mosquitto):

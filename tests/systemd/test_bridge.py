@@ -19,9 +19,11 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.daemon.test_service import JFK, start_daemon, write_config
+from tests.daemon.test_requests import check_response
+from tests.daemon.test_requests import write_config as requests_config
+from tests.daemon.test_service import JFK, start_daemon, wait_for_log, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
-from tests.fixtures.mosquitto import Mosquitto, Subscriber, free_port
+from tests.fixtures.mosquitto import Mosquitto, Subscriber, free_port, make_password_file
 
 REPO = Path(__file__).resolve().parents[2]
 BRIDGE_CONF = REPO / "config" / "mosquitto" / "bridge.conf"
@@ -95,8 +97,9 @@ class TcpProxy:
 class BridgedMosquitto(Mosquitto):
     """The fixture's broker with config/mosquitto/bridge.conf appended, placeholders filled in."""
 
-    def __init__(self, workdir: Path, device_id: str, prefix: str, plant_address: str):
-        super().__init__(workdir)
+    def __init__(self, workdir: Path, device_id: str, prefix: str, plant_address: str,
+                 password_file: Path | None = None):
+        super().__init__(workdir, password_file=password_file)
         text = BRIDGE_CONF.read_text()
         values = {"@DEVICE_ID@": device_id, "@PREFIX@": prefix, "@PLANT_ADDRESS@": plant_address}
         for placeholder, value in values.items():
@@ -193,6 +196,56 @@ def test_a_30_s_bridge_outage_loses_no_final_and_requests_come_in(tmp_path, tiny
         device.stop()
         if proxy.listening:
             proxy.cut()
+        plant.stop()
+
+
+def test_a_request_sent_to_the_plant_broker_is_answered_by_the_device(tmp_path, tiny_en_package):
+    """The fleet operator's path end to end: plant broker -> bridge -> the device's authenticated
+    broker -> the real daemon's request handler -> response back over the bridge."""
+    plant = Mosquitto(tmp_path / "plant")
+    plant.start()
+    users = make_password_file(tmp_path / "device" / "passwords", {"edgescribe": "device-pw"})
+    device = BridgedMosquitto(tmp_path / "device", "test-press", "edgescribe", f"127.0.0.1:{plant.port}",
+                              password_file=users)
+    device.start()
+    daemon, lines = None, []
+    try:
+        operator = Subscriber(plant.port, ["edgescribe/test-press/response/#", "edgescribe/bridge/+"]).connect()
+        state = lambda m: [x.payload for x in m if x.topic == "edgescribe/bridge/test-press"][-1:]  # noqa: E731
+        assert state(operator.wait_for(lambda m: state(m) == [b"1"], 20)) == [b"1"], device.log()
+        daemon = start_daemon(requests_config(tmp_path, device.port, tiny_en_package.dir))
+        wait_for_log(daemon, lines, "ready:", 90)
+
+        def answer(operation: str, transaction: str, timeout: float) -> dict | None:
+            publish(plant.port, f"edgescribe/test-press/request/{operation}", {"transaction": transaction})
+            found = operator.wait_for(lambda m: any(transaction.encode() in x.payload for x in m), timeout)
+            replies = [x for x in found if x.topic == f"edgescribe/test-press/response/{operation}"
+                       and x.json().get("transaction") == transaction]
+            return replies[0].json() if replies else None
+
+        # the daemon subscribes once its link is up; a request before that has no one to reach
+        deadline, attempt, health = time.monotonic() + 30, 0, None
+        while health is None and time.monotonic() < deadline:
+            attempt += 1
+            health = answer("health_check", f"plant-health-{attempt}", 2)
+        assert health is not None, f"no response crossed the bridge; device log:\n{device.log()}"
+        check_response("health_check", health)
+        info = answer("info", "plant-info", 15)
+        assert info is not None and info["status"] == "ok", info
+        check_response("info", info)
+        assert info["data"]["config"]["device_id"] == "test-press" and info["data"]["backend"] == "onnxruntime"
+        # a refusal crosses back the same way, its transaction echoed
+        refused = answer("reboot_now", "plant-unknown", 15)
+        assert refused is not None and "unknown operation 'reboot_now'" in refused["error"], refused
+        operator.disconnect()
+        daemon.terminate()
+        lines.append(daemon.communicate(timeout=60)[1])
+        assert daemon.returncode == 0, "".join(lines)
+        assert "Traceback" not in "".join(lines)
+    finally:
+        if daemon and daemon.poll() is None:
+            daemon.kill()
+        device.stop()
         plant.stop()
 
 
