@@ -11,9 +11,10 @@ summed log-probability divided by its length (openai-whisper's MaximumLikelihood
 ``length_penalty`` the divisor is ``((5 + length) / 6) ** length_penalty``). With k = 1
 this is greedy decoding, token for token.
 
-The decoder objects handed in supply the prompt, the logit filters and the result
+The decoder objects handed in run the prompt, filter logits and build the result
 (``engines.decoding`` builds them over one set of options per row); this module imports
-nothing of decoding.py, so the two form no import cycle.
+nothing of decoding.py, so the two form no import cycle (decoding.py imports
+:class:`PromptState` from here).
 """
 
 from __future__ import annotations
@@ -33,26 +34,35 @@ class BeamOptions(Protocol):
     sample_len: int | None
 
 
+@dataclass
+class PromptState:
+    """The decoder rows after their prompt ran (engines.decoding._BatchDecoder.prompt): where
+    greedy decoding and beam search both start."""
+
+    cache: Any  # the runner's self-attention cache, one row per decoder row
+    offsets: np.ndarray  # int64 [rows]: each row's next position; the caller advances it
+    logits: np.ndarray  # [rows, vocab]: logits of each row's first generated token
+    # tokens each row has "sampled" in the sense of the timestamp rules: the prefix onwards
+    sampled: list[list[int]]
+    languages: list[str]
+    language_probs: list[Any]  # per row: {code: probability} when detected, else None
+    no_speech: np.ndarray  # float64 [rows]: probability of <|nospeech|> after the SOT
+
+
 class RowDecoder(Protocol):
     """What beam search needs of the greedy decoder (engines.decoding._BatchDecoder), whose
-    rows are this search's rows: options, prompt feeding, logit filters and results."""
+    rows are this search's rows: options, the prompt, logit filters and results."""
 
     runner: Any
     options: Sequence[BeamOptions]
     special: Any
     n_ctx: int
 
-    def _context(self, option: Any) -> list[int]: ...
+    def prompt(self, cross: Any) -> PromptState: ...
 
-    def _task_tokens(self, option: Any, language: str) -> list[int]: ...
+    def filter_logits(self, logits: np.ndarray, b: int, sampled: list[int], generated: int) -> None: ...
 
-    def _feed(self, rows: list[list[int]], offsets: np.ndarray, cache: Any, cross: Any) -> np.ndarray: ...
-
-    def _languages(self, sot_logits: np.ndarray) -> tuple[list[str], list[Any]]: ...
-
-    def _filter(self, logits: np.ndarray, b: int, sampled: list[int], generated: int) -> None: ...
-
-    def _result(self, b, sampled, sum_logprob, language, language_probs, no_speech_prob, limit_hit) -> Any: ...
+    def result(self, b, sampled, sum_logprob, language, language_probs, no_speech_prob, limit_hit) -> Any: ...
 
 
 @dataclass
@@ -119,24 +129,10 @@ class _BeamSearch:
     def run(self, window_cross: Any, row_windows: np.ndarray) -> list[Any]:
         """Search; ``row_windows`` is each decoder row's window in ``window_cross``."""
         decoder, special, rows = self.decoder, self.special, self.rows
-        options = decoder.options
         cross = self.runner.select_cross(window_cross, row_windows)
-        cache = self.runner.new_cache(rows)
-        offsets = np.zeros(rows, np.int64)
-
         # the prompt, as greedy decoding runs it, once per beam (every beam starts identical)
-        sot_logits = decoder._feed([decoder._context(o) for o in options], offsets, cache, cross)
-        no_speech = _softmax(sot_logits)[:, special.no_speech]
-        languages, language_probs = decoder._languages(sot_logits)
-        task_rows = [decoder._task_tokens(o, lang) for o, lang in zip(options, languages)]
-        logits = sot_logits
-        if any(task_rows):
-            fed = np.array([len(r) > 0 for r in task_rows])
-            logits = np.where(fed[:, None], decoder._feed(task_rows, offsets, cache, cross), sot_logits)
-
-        # as greedy decoding: what each row has "sampled" for the timestamp rules, prefix onwards
-        sampled = [row[row.index(special.timestamp_begin):] if o.prefix and not o.without_timestamps
-                   else list(o.prefix) for row, o in zip(task_rows, options)]
+        prompt = decoder.prompt(cross)
+        cache, offsets, logits, sampled = prompt.cache, prompt.offsets, prompt.logits, prompt.sampled
         forced = [len(s) for s in sampled]  # the prefix: not generated, not counted in lengths
         sum_logprobs = np.zeros(rows, np.float64)
         live = np.ones(rows, bool)
@@ -144,7 +140,7 @@ class _BeamSearch:
         for _step in range(max(w.budget for w in self.windows)):
             logits = np.asarray(logits, dtype=np.float32)  # a fresh array: filters write in place
             for r in np.flatnonzero(live):
-                decoder._filter(logits[r], int(r), sampled[r], len(sampled[r]) - forced[r])
+                decoder.filter_logits(logits[r], int(r), sampled[r], len(sampled[r]) - forced[r])
             logprobs = _log_softmax(logits)
             sources = np.arange(rows)
             tokens = np.full(rows, special.eot, np.int64)
@@ -170,8 +166,8 @@ class _BeamSearch:
             self._finalize(window, sampled, sum_logprobs)
             tokens, (score, limit_hit) = self._best(window, forced[window.first])
             b = window.first
-            results.append(decoder._result(b, list(tokens), score, languages[b], language_probs[b],
-                                           float(no_speech[b]), limit_hit))
+            results.append(decoder.result(b, list(tokens), score, prompt.languages[b], prompt.language_probs[b],
+                                          float(prompt.no_speech[b]), limit_hit))
         return results
 
     def _advance(self, window: _Window, logprobs, sampled, forced, sum_logprobs, sources, tokens, offsets) -> None:
@@ -233,12 +229,6 @@ class _BeamSearch:
             return score / (length if penalty is None else ((5 + length) / 6) ** penalty)
 
         return max(window.finished.items(), key=normalised)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

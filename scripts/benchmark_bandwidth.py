@@ -22,7 +22,10 @@ import tempfile
 import threading
 import time
 import wave
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -116,6 +119,34 @@ class CountingProxy:
         self._server.close()
 
 
+@contextmanager
+def proxied_broker(workdir: Path) -> Iterator[tuple[Mosquitto, CountingProxy]]:
+    """A local mosquitto and a counting proxy in front of it; the device connects to the proxy."""
+    broker = Mosquitto(workdir / "broker")
+    broker.start()
+    proxy = CountingProxy(broker.port)
+    try:
+        yield broker, proxy
+    finally:
+        proxy.close()
+        broker.stop()
+
+
+@dataclass(frozen=True)
+class WireTraffic:
+    """What a proxy counted, scaled to one hour of speech."""
+
+    up: float  # device -> broker MQTT bytes
+    down: float  # broker -> device MQTT bytes
+    packets: float  # MQTT packets both ways
+    headers: float  # estimated TCP/IP header bytes of those packets
+
+    @classmethod
+    def per_hour(cls, proxy: CountingProxy, hours: float) -> WireTraffic:
+        packets = (proxy.up_packets.packets + proxy.down_packets.packets) / hours
+        return cls(proxy.up / hours, proxy.down / hours, packets, packets * TCP_IP_HEADER_BYTES)
+
+
 def utterances(corpus: Path, max_utterance_s: float) -> list[tuple[float, str]]:
     """(duration, text) per recording; long ones cut into max_utterance_s pieces as the segmenter does."""
     texts = dict(line.split("\t", 1) for line in (corpus / "transcripts.tsv").read_text().splitlines() if "\t" in line)
@@ -146,9 +177,10 @@ def transcript(stream, index, sequence, kind, words, audio_start, audio_end, wal
         model="tiny.en", backend="tensorrt", latency_s=0.734)
 
 
-def replay(publisher: Publisher, reporter: HealthReporter, corpus: Path, seconds: float, max_utterance_s: float
-           ) -> dict[str, int]:
-    """Publish an audio-time schedule as fast as the broker takes it; returns message counts."""
+def replay(publish: Callable[[TranscriptEvent], None], health: Callable[[float], None], corpus: Path, seconds: float,
+           max_utterance_s: float) -> dict[str, int]:
+    """Hand an audio-time schedule to ``publish`` (transcripts) and ``health`` (called with the
+    audio time of each snapshot) as fast as the device takes it; returns message counts."""
     counts = {"partial": 0, "final": 0, "health": 0}
     pool = utterances(corpus, max_utterance_s)
     wall0, audio, index, next_health = time.time(), 0.0, 0, 30.0
@@ -157,17 +189,17 @@ def replay(publisher: Publisher, reporter: HealthReporter, corpus: Path, seconds
         words = text.split()
         for second in range(1, int(duration) + 1):  # a partial every second of speech
             shown = words[: max(1, round(len(words) * second / duration))]
-            publisher.publish(transcript("line1", index, second - 1, "partial", shown, audio, audio + second, wall0))
+            publish(transcript("line1", index, second - 1, "partial", shown, audio, audio + second, wall0))
             counts["partial"] += 1
-        publisher.publish(transcript("line1", index, int(duration), "final", words, audio, audio + duration, wall0))
+        publish(transcript("line1", index, int(duration), "final", words, audio, audio + duration, wall0))
         counts["final"] += 1
         audio += duration
         while next_health <= audio:
-            publisher.publish_health(reporter.snapshot())
+            health(next_health)
             counts["health"] += 1
             next_health += 30.0
         index += 1
-        time.sleep(0.002 * (int(duration) + 1))  # let the link thread keep up (partials queue is bounded)
+        time.sleep(0.002 * (int(duration) + 1))  # let the sending thread keep up (the partials queue is bounded)
     return counts
 
 
@@ -181,10 +213,7 @@ def main() -> int:
     args = parser.parse_args()
     seconds = args.hours * 3600
 
-    with tempfile.TemporaryDirectory() as workdir:
-        broker = Mosquitto(Path(workdir) / "broker")
-        broker.start()
-        proxy = CountingProxy(broker.port)
+    with tempfile.TemporaryDirectory() as workdir, proxied_broker(Path(workdir)) as (broker, proxy):
         config = MqttConfig(host="127.0.0.1", port=proxy.port, protocol=args.protocol, drain_rate=100_000,
                             inflight_window=100)
         publisher = Publisher.from_config(config, "orin-line1", Path(workdir) / "state")
@@ -205,7 +234,8 @@ def main() -> int:
         if not publisher.link.wait_connected(10):
             raise SystemExit(f"could not connect: {publisher.link.stats().last_error}")
         started = time.monotonic()
-        counts = replay(publisher, reporter, args.corpus, seconds, args.max_utterance)
+        counts = replay(publisher.publish, lambda _audio_s: publisher.publish_health(reporter.snapshot()),
+                        args.corpus, seconds, args.max_utterance)
         deadline = time.monotonic() + 60
         while (publisher.outbox.stats().depth or publisher.stats().in_flight) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -216,14 +246,11 @@ def main() -> int:
         for message in tally.messages:
             kind = message.topic.rsplit("/", 1)[1]
             payload_bytes[kind] = payload_bytes.get(kind, 0) + len(message.topic) + len(message.payload)
-        proxy.close()
-        broker.stop()
 
     stats = publisher.stats()
     per_hour = 1 / args.hours
-    up, down = proxy.up * per_hour, proxy.down * per_hour
-    packets = proxy.up_packets.packets + proxy.down_packets.packets
-    headers = packets * TCP_IP_HEADER_BYTES * per_hour
+    wire = WireTraffic.per_hour(proxy, args.hours)
+    up, down, headers = wire.up, wire.down, wire.headers
     total = up + down + headers
     print(f"replayed {seconds / 3600:.2f} h of speech in {elapsed:.1f} s: {counts['partial']} partials "
           f"({stats.partials_sent} sent, {stats.partials_dropped} dropped), {counts['final']} finals, "
@@ -231,7 +258,7 @@ def main() -> int:
     print(f"device -> broker  MQTT bytes/h: {up / 1e6:8.3f} MB")
     print(f"broker -> device  MQTT bytes/h: {down / 1e6:8.3f} MB")
     print(f"TCP/IP headers (est.)      /h: {headers / 1e6:8.3f} MB ({TCP_IP_HEADER_BYTES} B x "
-          f"{packets * per_hour:.0f} MQTT packets)")
+          f"{wire.packets:.0f} MQTT packets)")
     for kind, size in sorted(payload_bytes.items()):
         print(f"  {kind:12s} topic+payload as subscribers see it /h: {size * per_hour / 1e6:6.3f} MB")
     mqtt_total = up + down

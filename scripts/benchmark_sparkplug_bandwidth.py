@@ -22,12 +22,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "scripts"))
 
-from benchmark_bandwidth import (RAW_AUDIO_BYTES_PER_HOUR, TCP_IP_HEADER_BYTES, CountingProxy,  # noqa: E402
-                                 transcript, utterances)
+from benchmark_bandwidth import RAW_AUDIO_BYTES_PER_HOUR, WireTraffic, proxied_broker, replay  # noqa: E402
 from edgescribe.daemon.config.mqtt import MqttConfig  # noqa: E402
 from edgescribe.daemon.config.sparkplug import SparkplugConfig  # noqa: E402
 from edgescribe.daemon.sparkplug.edge_node import SparkplugEdgeNode  # noqa: E402
-from tests.fixtures.mosquitto import Mosquitto, Subscriber  # noqa: E402
+from tests.fixtures.mosquitto import Subscriber  # noqa: E402
 
 HEALTH = {"uptime_s": 0.0, "service": {"model": "tiny.en", "backend": "tensorrt"},
           "inference": {"real_time_factor": 0.083, "latency_p95_s": 0.88},
@@ -43,10 +42,7 @@ def main() -> int:
     parser.add_argument("--max-utterance", type=float, default=25.0)
     args = parser.parse_args()
     seconds = args.hours * 3600
-    with tempfile.TemporaryDirectory() as workdir:
-        broker = Mosquitto(Path(workdir) / "broker")
-        broker.start()
-        proxy = CountingProxy(broker.port)
+    with tempfile.TemporaryDirectory() as workdir, proxied_broker(Path(workdir)) as (broker, proxy):
         node = SparkplugEdgeNode.from_config(SparkplugConfig(enabled=True, group_id="plant"),
                                              MqttConfig(host="127.0.0.1", port=proxy.port), "orin-line1", ["line1"],
                                              Path(workdir) / "state")
@@ -55,37 +51,17 @@ def main() -> int:
         deadline = time.monotonic() + 10
         while node.stats().state != "born" and time.monotonic() < deadline:
             time.sleep(0.05)
-        pool = utterances(args.corpus, args.max_utterance)
-        counts = {"partial": 0, "final": 0, "health": 0}
-        wall0, audio, index, next_health = time.time(), 0.0, 0, 30.0
-        while audio < seconds:
-            duration, text = pool[index % len(pool)]
-            words = text.split()
-            for second in range(1, int(duration) + 1):
-                shown = words[: max(1, round(len(words) * second / duration))]
-                node.submit(transcript("line1", index, second - 1, "partial", shown, audio, audio + second, wall0))
-                counts["partial"] += 1
-            node.submit(transcript("line1", index, int(duration), "final", words, audio, audio + duration, wall0))
-            counts["final"] += 1
-            audio += duration
-            while next_health <= audio:
-                node.on_health({**HEALTH, "uptime_s": next_health})
-                counts["health"] += 1
-                next_health += 30.0
-            index += 1
-            time.sleep(0.002 * (int(duration) + 1))  # the node's partial queue is bounded, as on the device
+        counts = replay(node.submit, lambda audio_s: node.on_health({**HEALTH, "uptime_s": audio_s}),
+                        args.corpus, seconds, args.max_utterance)
         deadline = time.monotonic() + 60
         while node.outbox.stats().depth and time.monotonic() < deadline:
             time.sleep(0.1)
         node.stop()
         time.sleep(0.5)
         tally.disconnect()
-        proxy.close()
-        broker.stop()
     per_hour = 1 / args.hours
-    packets = proxy.up_packets.packets + proxy.down_packets.packets
-    mqtt_total = (proxy.up + proxy.down) * per_hour
-    headers = packets * TCP_IP_HEADER_BYTES * per_hour
+    wire = WireTraffic.per_hour(proxy, args.hours)
+    mqtt_total, headers = wire.up + wire.down, wire.headers
     print(f"replayed {seconds / 3600:.2f} h: {counts['partial']} partials, {counts['final']} finals, "
           f"{counts['health']} health snapshots (as NDATA/DDATA)")
     seen: dict[str, list[int]] = {}
@@ -97,8 +73,8 @@ def main() -> int:
     for kind, (number, size) in sorted(seen.items()):
         print(f"  {kind:7s} {number:6d} messages, topic+payload as subscribers see them /h: "
               f"{size * per_hour / 1e6:6.3f} MB")
-    print(f"device -> broker  MQTT bytes/h: {proxy.up * per_hour / 1e6:8.3f} MB")
-    print(f"broker -> device  MQTT bytes/h: {proxy.down * per_hour / 1e6:8.3f} MB")
+    print(f"device -> broker  MQTT bytes/h: {wire.up / 1e6:8.3f} MB")
+    print(f"broker -> device  MQTT bytes/h: {wire.down / 1e6:8.3f} MB")
     print(f"MQTT bytes (TCP payload): {100 * mqtt_total / RAW_AUDIO_BYTES_PER_HOUR:.2f} % of raw audio; with "
           f"estimated TCP/IP headers: {100 * (mqtt_total + headers) / RAW_AUDIO_BYTES_PER_HOUR:.2f} %")
     return 0

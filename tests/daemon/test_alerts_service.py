@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from edgescribe.daemon.chinese_script import converter
-from tests.daemon.test_service import start_daemon, wait_for_log, write_config
+from tests.fixtures.daemon import start_daemon, wait_for_log, write_config
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 from tests.fixtures.mosquitto import Subscriber, free_port, mosquitto, validate_payload  # noqa: F401
 from tests.fixtures.scoring import cer, read_transcripts

@@ -13,11 +13,10 @@ from edgescribe.daemon.dispatcher import Dispatcher
 from edgescribe.daemon.events import StreamStateEvent, TranscriptEvent
 from edgescribe.daemon.service import Service
 from tests.daemon.test_publisher import transcript
+from tests.fixtures.daemon import JFK, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto  # noqa: F401  (fixture)
 
-REPO = Path(__file__).resolve().parents[2]
-JFK = REPO / "engines" / "data" / "jfk_inaugural_1961.wav"
 SLOW_WRITE_S = 2.0
 
 
@@ -69,27 +68,10 @@ def test_a_full_queue_drops_partials_first_and_never_a_final():
     assert dispatcher.stats().queued == 0
 
 
-def write_config(path: Path, package: Path, port: int, state_dir: Path) -> Path:
-    streams = "".join(f"  - name: press{i}\n    file: {JFK}\n    speed: 1.0\n" for i in (1, 2))
-    path.write_text(
-        f"""device_id: slow-disk
-service:
-  state_dir: {state_dir}
-streams:
-{streams}models:
-  serving: {package}
-engine:
-  engine_dir: {state_dir / "engines"}
-  threads: 2
-mqtt:
-  host: 127.0.0.1
-  port: {port}
-  keepalive_s: 5
-health:
-  interval_s: 1
-"""
-    )
-    return path
+def two_jfk_streams(path: Path, package: Path, port: int, state_dir: Path) -> Path:
+    """Two microphones each hearing JFK in real time."""
+    second = f"  - name: press2\n    file: {JFK}\n    speed: 1.0\n"
+    return write_config(path, package, port, state_dir, JFK, 1.0, more_streams=second, device_id="slow-disk")
 
 
 def run_daemon(config_path: Path, slow_outbox: bool) -> tuple[Service, list[float], list[TranscriptEvent]]:
@@ -123,9 +105,9 @@ def run_daemon(config_path: Path, slow_outbox: bool) -> tuple[Service, list[floa
 
 def test_outbox_writes_of_2_s_lose_no_audio_and_delay_no_decode(tmp_path, mosquitto, tiny_en_package):
     subscriber = Subscriber(mosquitto.port, ["edgescribe/slow-disk/transcript/+/final"]).connect()
-    baseline_config = write_config(tmp_path / "fast.yaml", tiny_en_package.dir, mosquitto.port, tmp_path / "fast")
+    baseline_config = two_jfk_streams(tmp_path / "fast.yaml", tiny_en_package.dir, mosquitto.port, tmp_path / "fast")
     _, _, baseline = run_daemon(baseline_config, slow_outbox=False)
-    slow_config = write_config(tmp_path / "slow.yaml", tiny_en_package.dir, mosquitto.port, tmp_path / "slow")
+    slow_config = two_jfk_streams(tmp_path / "slow.yaml", tiny_en_package.dir, mosquitto.port, tmp_path / "slow")
     service, waits, finals = run_daemon(slow_config, slow_outbox=True)
 
     # Capture and inference threads never waited for the disk.

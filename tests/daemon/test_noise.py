@@ -14,7 +14,7 @@ from edgescribe.daemon.segmenter import Segmenter
 from edgescribe.daemon.vad import create_vad
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe
-from tests.daemon.test_service import finals, start_daemon, write_config
+from tests.fixtures.daemon import finals, start_daemon, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto, validate_payload  # noqa: F401  (fixture)
 from tests.fixtures.scoring import read_transcripts, wer

@@ -23,7 +23,7 @@ from edgescribe.daemon.config import InvalidConfig, load_config
 from edgescribe.daemon.config.overlay import OVERLAY_NAME, PENDING_NAME, merge
 from edgescribe.daemon.requests import TokenBucket
 from edgescribe.daemon.service import RESTART_EXIT_STATUS
-from tests.daemon.test_service import JFK, start_daemon, wait_for_log
+from tests.fixtures.daemon import JFK, start_daemon, wait_for_log
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Mosquitto, make_password_file, validate_payload
 

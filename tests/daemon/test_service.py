@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import os
 import signal
 import socket
 import sqlite3
@@ -19,58 +18,10 @@ import pytest
 
 from edgescribe.daemon.homeassistant import SENSORS
 from tests.daemon.test_outbox import TinyDisk, tiny_disk  # noqa: F401  (fixture)
+from tests.fixtures.daemon import JFK, JFK_TEXT, REPO, finals, start_daemon, wait_for_log, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto, retained, validate_payload  # noqa: F401
 from tests.fixtures.scoring import wer
-
-REPO = Path(__file__).resolve().parents[2]
-JFK = REPO / "engines" / "data" / "jfk_inaugural_1961.wav"
-JFK_TEXT = "And so, my fellow Americans, ask not what your country can do for you, ask what you can do for your country."
-
-
-def write_config(path: Path, package: Path, port: int, state_dir: Path, audio: Path, speed: float,
-                 extra: str = "", engine_dir: Path | None = None, more_streams: str = "") -> Path:
-    engine_dir = engine_dir or state_dir / "engines"
-    path.write_text(
-        f"""device_id: test-press
-service:
-  state_dir: {state_dir}
-streams:
-  - name: press
-    file: {audio}
-    speed: {speed}
-{more_streams}models:
-  serving: {package}
-engine:
-  engine_dir: {engine_dir}
-  threads: 2
-mqtt:
-  host: 127.0.0.1
-  port: {port}
-  keepalive_s: 5
-  reconnect_min_s: 0.2
-  reconnect_max_s: 1
-health:
-  interval_s: 1
-{extra}"""
-    )
-    return path
-
-
-def start_daemon(config: Path, *extra: str, env: dict | None = None, umask: int | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "edgescribe.daemon.cli", "run", "--config", str(config), *extra],
-        cwd=REPO,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
-    )
-
-
-def finals(messages) -> list[dict]:
-    return [m.json() for m in messages if m.topic.endswith("/final")]
 
 
 def test_run_publishes_transcripts_and_health_then_stops_cleanly(tmp_path, mosquitto, tiny_en_package):
@@ -180,19 +131,6 @@ def test_bad_config_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "devcie" in result.stderr and "device" in result.stderr
-
-
-def wait_for_log(daemon: subprocess.Popen, lines: list[str], text: str, timeout: float) -> None:
-    """Read the daemon's stderr into ``lines`` until a line contains ``text``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = daemon.stderr.readline()
-        if not line:
-            break
-        lines.append(line)
-        if text in line:
-            return
-    raise AssertionError(f"{text!r} not logged within {timeout} s; log:\n{''.join(lines)}")
 
 
 def test_sighup_reloads_the_config_and_keeps_running(tmp_path, mosquitto, tiny_en_package):

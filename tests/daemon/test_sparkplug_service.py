@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.daemon.test_service import finals, start_daemon, write_config
+from tests.fixtures.daemon import finals, start_daemon, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.sparkplug_host import SparkplugHost, value_of

@@ -21,7 +21,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.daemon.test_requests import check_response
 from tests.daemon.test_requests import write_config as requests_config
-from tests.daemon.test_service import JFK, start_daemon, wait_for_log, write_config
+from tests.fixtures.daemon import JFK, start_daemon, wait_for_log, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Mosquitto, Subscriber, free_port, make_password_file
 
