@@ -90,12 +90,21 @@ class HealthCollector:
             "repeated_words (words), empty_finals and min_speech (utterances); length_cuts counts cuts",
             labels=["stream", "rule"],
         )
+        rescued = CounterMetricFamily(
+            "edgescribe_stream_rescued",
+            "Windows of several seconds of detected speech that a gate rejected at first and a retry kept, "
+            "by retry: hotter (a higher temperature) or beam (beam search after every temperature failed)",
+            labels=["stream", "retry"],
+        )
         for name, stream in streams.items():
             rules = dict(stream.get("dropped") or {})
+            for retry in ("hotter", "beam"):
+                rescued.add_metric([name, retry], rules.pop(f"rescued_{retry}", 0))
             rules.update(min_speech=stream.get("discarded_bursts", 0), length_cuts=stream.get("length_cuts", 0))
             for rule, count in rules.items():
                 dropped.add_metric([name, rule], count)
         yield dropped
+        yield rescued
         alerts = CounterMetricFamily("edgescribe_alerts", "Phrase alerts by name and state (early, confirmed, "
                                      "retracted)", labels=["alert", "state"])
         for name, counts in (s.get("alerts") or {}).items():

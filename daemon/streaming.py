@@ -51,7 +51,7 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -78,6 +78,9 @@ _MAX_REPEATED_WORDS = 6
 # Below it, bursts are short enough that a wrong "silence" costs a word or two, and a hotter
 # decode of a door slam only invents some.
 DOUBT_SILENCE_AFTER_S = 2.0
+# Such an utterance's windows that fail the gates at every temperature get one more decode by
+# beam search of this width before they are dropped (the width issue 16 measured offline).
+RESCUE_BEAM_SIZE = 5
 
 
 def _word_key(word: str) -> str:
@@ -224,6 +227,9 @@ class DropCounts:
     compression_ratio: int  # windows still looping at every temperature
     repeated_words: int  # words a cut utterance repeated from the previous final
     empty_finals: int  # ended utterances that gave no text at all (nothing published)
+    # windows a gate rejected at first that a retry kept (not drops: what the retries saved)
+    rescued_hotter: int = 0  # kept at a hotter temperature
+    rescued_beam: int = 0  # kept by the beam-search retry after every temperature failed
 
 
 @dataclass(frozen=True)
@@ -292,6 +298,7 @@ class LiveUtterance:
         self._windows: list[np.ndarray] = []
         self._results: list[Any] = []
         self._attempts: list[list[Any]] = []  # every result so far, per window
+        self._beam_tried = False  # the final's last resort (see _keep_passing) was decoded
         self._ended_at = 0.0  # monotonic time the ended update arrived
         self._duration = 0.0
         self._speech_s = 0.0  # what the voice detector scored as speech in it
@@ -432,8 +439,17 @@ class LiveUtterance:
         self._windows = first.windows
         self._results = [None] * len(first.windows)
         self._attempts = [[] for _ in first.windows]
+        self._beam_tried = False
 
     def _final_decoded(self, outcome: DecodeOutcome, stream: StreamMemory) -> list[Action]:
+        if outcome.error is not None and self._beam_tried:
+            # the beam-search retry failed (a TensorRT engine built for fewer decoder rows):
+            # judge what the temperatures gave, as without the retry
+            log.warning("%s: beam-search retry of %s failed: %s", self._settings.stream, self.utterance_id, outcome.error)
+            for index, result in enumerate(self._results):
+                if result is None:
+                    self._results[index] = self._settings.gates.best_of_failed(self._attempts[index])
+            outcome = replace(outcome, error=None, results=[])
         if outcome.error is not None:
             # the engine failed on this audio; say so rather than lose the utterance silently
             log.error("%s: final of %s could not be decoded: %s", self._settings.stream, self.utterance_id, outcome.error)
@@ -461,20 +477,38 @@ class LiveUtterance:
         of speech, a "no speech here" verdict is doubted and the window decoded again hotter,
         like a failed one. The no-speech probability does not change with temperature, but
         the text's likelihood does: speech that the model reads with confidence at a higher
-        temperature is kept, and only what stays improbable is dropped (and counted)."""
+        temperature is kept, and only what stays improbable is dropped (and counted).
+        Such a window that fails at every temperature is decoded once more by beam search
+        (``RESCUE_BEAM_SIZE``, temperature 0) before it is dropped (issue 16: beam search read
+        noisy speech better than greedy). Each retry decodes the window's own audio with a fixed
+        seed, so the final still depends on its audio alone."""
         gates = self._settings.gates
-        higher = [t for t in self._settings.config.temperatures if t > outcome.request.temperature]
+        beam_retry = self._beam_tried
+        higher = [] if beam_retry else [t for t in self._settings.config.temperatures
+                                        if t > outcome.request.temperature]
         pending = [i for i, r in enumerate(self._results) if r is None]
         doubt_silence = self._speech_s >= DOUBT_SILENCE_AFTER_S
-        retry_windows = []
+        # beam as a last resort only where the ladder's first step was not already beam search
+        beam_left = doubt_silence and not beam_retry and self._settings.config.beam_size < RESCUE_BEAM_SIZE
+        retry_windows, beam_windows = [], []
         for index, result in zip(pending, outcome.results):
             self._attempts[index].append(result)
             if not (gates.needs_fallback(result) or (doubt_silence and gates.is_silent(result))):
                 self._results[index] = result
+                if len(self._attempts[index]) > 1:
+                    stream.drops["rescued_beam" if beam_retry else "rescued_hotter"] += 1
             elif higher:
                 retry_windows.append(index)
+            elif beam_left:
+                beam_windows.append(index)
             else:
                 self._results[index] = gates.best_of_failed(self._attempts[index])
+        if beam_windows:
+            self._beam_tried = True
+            log.debug("%s: %s: %d window(s) failed every temperature, retried with beam search",
+                      self._settings.stream, self.utterance_id, len(beam_windows))
+            return self._request([self._windows[i] for i in beam_windows], stream, final=True, temperature=0.0,
+                                 beam_size=RESCUE_BEAM_SIZE)
         if not retry_windows:
             return None
         log.debug("%s: %s: %d window(s) retried at temperature %.1f", self._settings.stream, self.utterance_id,
@@ -502,7 +536,7 @@ class LiveUtterance:
     # -- shared by partials and finals -------------------------------------------------------
 
     def _request(self, windows: list[np.ndarray], stream: StreamMemory, final: bool, temperature: float = 0.0,
-                 tag: Any = None) -> DecodeRequest:
+                 tag: Any = None, beam_size: Optional[int] = None) -> DecodeRequest:
         config = self._settings.config
         return DecodeRequest(
             key=self.utterance_id,
@@ -514,7 +548,8 @@ class LiveUtterance:
             language=None if config.language == "auto" else config.language,
             task=config.task,
             prompt=build_prompt(config, stream.previous_text),
-            beam_size=config.beam_size if final and temperature == 0 else 1,  # partials stay greedy
+            # partials stay greedy; beam_size: the final's beam-search retry
+            beam_size=beam_size or (config.beam_size if final and temperature == 0 else 1),
             tag=tag,
         )
 
@@ -600,7 +635,7 @@ class StreamTranscriber:
         with self._lock:
             drops = self._memory.drops
             return DropCounts(drops["no_speech"], drops["compression_ratio"], drops["repeated_words"],
-                              drops["empty_finals"])
+                              drops["empty_finals"], drops["rescued_hotter"], drops["rescued_beam"])
 
     def close(self) -> None:
         """Forget open utterances (stream stopped); their finals already queued still arrive."""

@@ -407,10 +407,53 @@ def test_speech_the_detector_heard_is_decoded_hotter_before_it_is_dropped_as_sil
         assert seen == [0.0, 0.2]
         (final,) = events.finals()
         assert "longer" in final.text.lower() and final.confidence.temperature == 0.2
-        assert (drops.no_speech, drops.empty_finals) == (0, 0)
+        assert (drops.no_speech, drops.empty_finals, drops.rescued_hotter) == (0, 0, 1)
     else:
         assert seen == [0.0] and events.finals() == []
         assert (drops.no_speech, drops.empty_finals) == (1, 1)
+
+
+def _silent_unless_beam(seen):
+    """A real decode made to look like silence at every temperature (no-speech 0.9, text
+    improbable) that only beam search reads with confidence. No corpus recording was found
+    where beam search rescues what every temperature lost, so the gates' verdict is set here;
+    the decodes, the scheduler and the retry order are real."""
+
+    def decode_beam_reads_it(model, mel, options):
+        seen.extend((option.temperature, option.beam_size) for option in options)
+        return [
+            dataclasses.replace(r, no_speech_prob=0.9, avg_logprob=-0.5 if option.beam_size > 1 else -1.5)
+            for option, r in zip(options, decode(model, mel, options))
+        ]
+
+    return decode_beam_reads_it
+
+
+@pytest.mark.parametrize("speech_s", [3.0, 0.5])
+def test_speech_that_fails_every_temperature_gets_one_beam_search_before_it_is_dropped(corpus, tiny_en_model,
+                                                                                        speech_s):
+    seen = []
+    config = TranscriptionConfig(partials=False)
+    assert config.beam_size == 1
+    scheduler = InferenceScheduler(decode=_silent_unless_beam(seen))
+    scheduler.start()
+    events = Collected()
+    transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_en_model), events)
+    try:
+        audio = load_audio_file(corpus, "ls_1089-134691-0000")
+        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, audio, True, speech_s=speech_s))
+        assert scheduler.wait_idle(180)
+    finally:
+        scheduler.stop()
+    drops = transcriber.drop_counts()
+    if speech_s >= 2.0:
+        assert seen == [(t, 1) for t in config.temperatures] + [(0.0, 5)]
+        (final,) = events.finals()
+        assert "longer" in final.text.lower() and final.confidence.temperature == 0.0
+        assert (drops.rescued_beam, drops.rescued_hotter, drops.no_speech, drops.empty_finals) == (1, 0, 0, 0)
+    else:
+        assert seen == [(0.0, 1)] and events.finals() == []
+        assert (drops.rescued_beam, drops.no_speech, drops.empty_finals) == (0, 1, 1)
 
 
 def test_a_burst_shorter_than_the_segmenters_min_speech_is_never_decoded(corpus, tiny_en_model):
