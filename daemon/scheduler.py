@@ -28,9 +28,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgescribe.daemon.events import ModelEvent
-from edgescribe.engines.audio import pad_or_trim
-from edgescribe.engines.decoding import DecodingOptions, decode
 from edgescribe.engines.backend import load_model
+from edgescribe.engines.decoding import DecodingOptions, decode
+from edgescribe.engines.encoder_window import EncoderWindow
 
 log = logging.getLogger(__name__)
 
@@ -209,8 +209,10 @@ class InferenceScheduler:
         max_pending_finals: int = 32,
         decode: Callable = decode,
         partial_share: float = PARTIAL_SHARE,
+        encoder_window: EncoderWindow = "full",
     ):
         self.max_batch = max_batch
+        self.encoder_window = encoder_window  # engines/encoder_window.py
         self.max_pending_finals = max_pending_finals
         self.partial_share = partial_share  # 1.0: partials as often as the queue has them
         self._decode = decode  # engines.decoding.decode, or a caller's wrapper around it
@@ -371,11 +373,11 @@ class InferenceScheduler:
         mels, options = [], []
         for request in batch:
             for window in request.windows:
-                mels.append(pad_or_trim(model.log_mel(window)))
+                mels.append(model.encoder_window(model.log_mel(window), self.encoder_window))
                 options.append(_options_for(request, model))
         backend = model.runner.name
         try:
-            results = self._decode(model, np.stack(mels), options)
+            results = self._decode_by_length(model, mels, options)
             error = None
         except Exception as failure:  # one bad batch must not kill the worker
             log.exception("decoding a batch of %d windows with %s failed", len(mels), model.name)
@@ -390,6 +392,20 @@ class InferenceScheduler:
                 request.on_done(outcome)
             except Exception:
                 log.exception("handling the result for %s failed", request.key)
+
+
+    def _decode_by_length(self, model: Any, mels: list[np.ndarray], options: list[DecodingOptions]) -> list[Any]:
+        """Decode windows of one length together (one encoder call takes one shape); results in
+        the order of ``mels``."""
+        by_length: dict[int, list[int]] = collections.defaultdict(list)
+        for index, mel in enumerate(mels):
+            by_length[mel.shape[-1]].append(index)
+        results: list[Any] = [None] * len(mels)
+        for indices in by_length.values():
+            decoded = self._decode(model, np.stack([mels[i] for i in indices]), [options[i] for i in indices])
+            for index, result in zip(indices, decoded):
+                results[index] = result
+        return results
 
 
 def _decode_groups(batch: list[DecodeRequest]) -> list[list[DecodeRequest]]:

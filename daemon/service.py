@@ -95,7 +95,8 @@ class Service:
         self.alerts = AlertTracker(config.alerts.rules, chinese_script.converter(config.transcription.chinese_script))
         self.engines = EngineManager.from_config(config.models, config.engine, emit=self.emit)
         self.scheduler = InferenceScheduler(
-            max_batch=config.engine.max_batch, max_pending_finals=config.transcription.max_pending_finals
+            max_batch=config.engine.max_batch, max_pending_finals=config.transcription.max_pending_finals,
+            encoder_window=config.engine.encoder_window,
         )
         self.streams: dict[str, StreamPipeline] = {}
         self.notifier = Notifier(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from edgescribe.engines.errors import BackendUnavailableError
+from edgescribe.engines.host_aligner import HostAligner
 from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.onnx_runner import OnnxRunner
 from edgescribe.engines.package import ModelPackage
@@ -91,6 +92,7 @@ def _tensorrt_runner(package: ModelPackage, engine_dir, load_tensorrt, system_ro
         raise BackendUnavailableError(f"{status.reason}; {build_hint(package.dir, engine_dir)}")
     try:
         runner = TensorRTRunner.from_cache(trt, cache, package.dims)
+        runner.aligner = HostAligner(package)
     except EngineBuildError as error:
         raise BackendUnavailableError(str(error)) from None
     precision = "/".join(cache.precision_of(graph) for graph in ("encoder", "decoder"))

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from edgescribe.engines.beam_search import beam_decode
+from edgescribe.engines.beam_search import PromptState, beam_decode
 from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.tokenizer import TIME_PRECISION
 
@@ -86,6 +86,9 @@ class DecodingResult:
     spans: list[TimedSpan] = field(default_factory=list)
     complete: bool = True
     hit_length_limit: bool = False
+    # log-probability of each of ``tokens`` as decoded (0 for the forced prefix), for word
+    # probabilities (engines/word_timing.py); empty from beam search, which does not track them
+    token_logprobs: list[float] = field(default_factory=list)
 
 
 def compression_ratio(text: str) -> float:
@@ -100,7 +103,7 @@ def decode(
     options: DecodingOptions | list[DecodingOptions] = DecodingOptions(),
     encoded: Any = None,
 ) -> list[DecodingResult]:
-    """Decode a batch of log-mel windows float32 [batch, n_mels, 3000]; one result per window.
+    """Decode a batch of log-mel windows float32 [batch, n_mels, frames]; one result per window.
 
     ``options`` is one set for every window or a list with one per window (e.g. each stream
     its own prompt or temperature; ``beam_size`` > 1 searches with engines/beam_search.py).
@@ -220,12 +223,11 @@ class _BatchDecoder:
         offsets += lengths
         return logits
 
-    # -- the loop ------------------------------------------------------------------
-
-    def run(self, cross: Any) -> list[DecodingResult]:
-        batch, options, special = self.batch, self.options, self.special
-        cache = self.runner.new_cache(batch)
-        offsets = np.zeros(batch, np.int64)
+    def prompt(self, cross: Any) -> PromptState:
+        """Run every row's prompt with a new cache (greedy decoding and beam search alike)."""
+        options, special = self.options, self.special
+        cache = self.runner.new_cache(self.batch)
+        offsets = np.zeros(self.batch, np.int64)
 
         # 1. previous text + SOT: no-speech probability and language
         sot_logits = self._feed([self._context(o) for o in options], offsets, cache, cross)
@@ -240,10 +242,19 @@ class _BatchDecoder:
             task_logits = self._feed(task_rows, offsets, cache, cross)
             logits = np.where(fed[:, None], task_logits, sot_logits)
 
-        # tokens each row has "sampled" in the sense of the timestamp rules: prefix onwards
         sampled = [row[row.index(special.timestamp_begin):] if o.prefix and not o.without_timestamps
                    else list(o.prefix) for row, o in zip(task_rows, options)]
+        return PromptState(cache, offsets, logits, sampled, languages, language_probs, no_speech)
+
+    # -- the loop ------------------------------------------------------------------
+
+    def run(self, cross: Any) -> list[DecodingResult]:
+        batch, options, special = self.batch, self.options, self.special
+        prompt = self.prompt(cross)
+        cache, offsets, logits, sampled = prompt.cache, prompt.offsets, prompt.logits, prompt.sampled
+        languages, language_probs, no_speech = prompt.languages, prompt.language_probs, prompt.no_speech
         generated = [0] * batch
+        token_logprobs = [[0.0] * len(row) for row in sampled]
         sum_logprobs = np.zeros(batch, np.float64)
         finished = np.zeros(batch, bool)
         limit_hit = np.zeros(batch, bool)
@@ -254,7 +265,7 @@ class _BatchDecoder:
             logits = np.asarray(logits, dtype=np.float32)  # a fresh array per step: filters write in place
             for b in range(batch):
                 if not finished[b]:
-                    self._filter(logits[b], b, sampled[b], generated[b])
+                    self.filter_logits(logits[b], b, sampled[b], generated[b])
             chosen = self._choose(logits, temperatures)
             logprobs = _chosen_logprobs(logits, chosen)
             for b in range(batch):
@@ -265,6 +276,7 @@ class _BatchDecoder:
                     finished[b] = True
                     continue
                 sampled[b].append(int(chosen[b]))
+                token_logprobs[b].append(float(logprobs[b]))
                 generated[b] += 1
                 if generated[b] >= budgets[b] or offsets[b] + 1 >= self.n_ctx:
                     finished[b] = limit_hit[b] = True
@@ -277,7 +289,8 @@ class _BatchDecoder:
             offsets += ~finished
 
         return [
-            self._result(b, sampled[b], sum_logprobs[b], languages[b], language_probs[b], float(no_speech[b]), bool(limit_hit[b]))
+            self.result(b, sampled[b], sum_logprobs[b], languages[b], language_probs[b], float(no_speech[b]),
+                         bool(limit_hit[b]), token_logprobs[b])
             for b in range(batch)
         ]
 
@@ -300,7 +313,7 @@ class _BatchDecoder:
                 all_probs.append({c: float(p) for c, p in zip(codes, probs)})
         return languages, all_probs
 
-    def _filter(self, logits: np.ndarray, b: int, sampled: list[int], generated: int) -> None:
+    def filter_logits(self, logits: np.ndarray, b: int, sampled: list[int], generated: int) -> None:
         """Apply every logit rule to one row in place (openai-whisper's LogitFilters)."""
         option = self.options[b]
         special = self.special
@@ -347,7 +360,8 @@ class _BatchDecoder:
             chosen[hot] = (logits[hot] / temperatures[hot, None] + noise).argmax(axis=-1)
         return chosen
 
-    def _result(self, b, sampled, sum_logprob, language, language_probs, no_speech_prob, limit_hit) -> DecodingResult:
+    def result(self, b, sampled, sum_logprob, language, language_probs, no_speech_prob, limit_hit,
+                token_logprobs: list[float] | None = None) -> DecodingResult:
         option = self.options[b]
         tokens = list(sampled)
         text = self.tokenizer.decode(tokens).strip()
@@ -364,6 +378,7 @@ class _BatchDecoder:
             spans=spans,
             complete=complete,
             hit_length_limit=limit_hit,
+            token_logprobs=list(token_logprobs or []),
         )
 
 

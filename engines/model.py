@@ -9,7 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgescribe.engines.audio import log_mel
+from edgescribe.engines.audio import log_mel, pad_or_trim
+from edgescribe.engines.encoder_window import EncoderWindow, window_frames
 from edgescribe.engines.package import ModelPackage
 from edgescribe.engines.runtime import Runner
 from edgescribe.engines.tokenizer import WhisperTokenizer
@@ -48,3 +49,10 @@ class WhisperModel:
     def log_mel(self, samples: np.ndarray) -> np.ndarray:
         """Log-mel spectrogram [n_mels, frames] of 16-kHz mono samples, with this model's filters."""
         return log_mel(samples, self.mel_filters)
+
+    def encoder_window(self, mel: np.ndarray, mode: EncoderWindow) -> np.ndarray:
+        """``mel`` [n_mels, frames <= 3000] zero-padded to the window the encoder reads for it:
+        sized to the audio (``adaptive``) where the runner's encoder takes shorter windows,
+        else the full 30 s."""
+        frames = max(window_frames(mel.shape[-1], mode), self.runner.min_window_frames)
+        return pad_or_trim(mel, frames)

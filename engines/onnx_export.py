@@ -46,6 +46,10 @@ MASK_VALUE = -1e9
 # Key position of an unused cache row: later than any query, so the causal test rejects it.
 # Fits in int32, which TensorRT may narrow int64 tensors to.
 NEVER = 1 << 30
+# Symbolic dimensions of the window: mel frames (up to 2 * n_audio_ctx, even) and the encoder
+# positions they become, which the decoder's cross-attention reads.
+FRAMES = "frames"
+AUDIO_CTX = "audio_ctx"
 EMBEDDING = "decoder.token_embedding.weight"
 LOGITS_WEIGHT = "decoder.logits.weight"  # the int8 decoder's transposed copy of EMBEDDING
 
@@ -185,7 +189,11 @@ def build_encoder(weights: WhisperWeights) -> onnx.ModelProto:
                           g.weight("encoder.conv2.bias", weights["encoder.conv2.bias"])],
                  kernel_shape=[3], pads=[1, 1], strides=[2])
     x = g.op("Transpose", [g.gelu(conv2)], perm=[0, 2, 1])
-    x = g.op("Add", [x, g.weight("encoder.positional_embedding", weights["encoder.positional_embedding"])])
+    # The window may be shorter than 30 s (engines/encoder_window.py): its positions are the
+    # first rows of the embedding, as they are for the start of a full window.
+    positions = g.op("Shape", [x], start=1, end=2)
+    embedding = g.weight("encoder.positional_embedding", weights["encoder.positional_embedding"])
+    x = g.op("Add", [x, g.op("Slice", [embedding, g.const([0]), positions, g.const([0])])])
 
     for i in range(dims.n_audio_layer):
         prefix = f"encoder.blocks.{i}"
@@ -221,10 +229,10 @@ def build_encoder(weights: WhisperWeights) -> onnx.ModelProto:
         projected = g.op("Reshape", [projected, g.const([0, 0, dims.n_text_layer, dims.n_text_state])])
         g.op("Transpose", [projected], outputs=[output], perm=[2, 0, 1, 3])
 
-    cross_shape = [dims.n_text_layer, "batch", dims.n_audio_ctx, dims.n_text_state]
+    cross_shape = [dims.n_text_layer, "batch", AUDIO_CTX, dims.n_text_state]
     graph = helper.make_graph(
         g.nodes, "whisper_encoder",
-        inputs=[helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", dims.n_mels, 2 * dims.n_audio_ctx])],
+        inputs=[helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", dims.n_mels, FRAMES])],
         outputs=[helper.make_tensor_value_info("cross_k", TensorProto.FLOAT, cross_shape),
                  helper.make_tensor_value_info("cross_v", TensorProto.FLOAT, cross_shape)],
         initializer=g.initializers,
@@ -321,7 +329,7 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False) -> onnx.Model
         g.op("Gemm", [last, embedding], outputs=["logits"], transB=1)
 
     cache_shape = [dims.n_text_layer, "batch", dims.n_text_ctx, d]
-    cross_shape = [dims.n_text_layer, "batch", dims.n_audio_ctx, d]
+    cross_shape = [dims.n_text_layer, "batch", AUDIO_CTX, d]
     new_shape = [dims.n_text_layer, "batch", "n_tokens", d]
     cache_inputs = [helper.make_tensor_value_info(layer_input(name, i), TensorProto.FLOAT, shape[1:])
                     for name, shape in (("self_k", cache_shape), ("self_v", cache_shape),

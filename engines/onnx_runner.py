@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.host_aligner import HostAligner
 from edgescribe.engines.package import ModelPackage
 from edgescribe.engines.runtime import KV_TENSORS, layer_input
 
@@ -34,7 +35,7 @@ class KVCache:
 class CrossKV:
     """Cross-attention keys and values of every decoder layer, from one encoder run."""
 
-    k: np.ndarray  # float32 [n_text_layer, batch, n_audio_ctx, n_text_state]
+    k: np.ndarray  # float32 [n_text_layer, batch, window frames / 2, n_text_state]
     v: np.ndarray
 
 
@@ -80,14 +81,19 @@ class OnnxRunner:
         except Exception as error:  # onnxruntime raises its own untyped exceptions
             raise ModelPackageError(f"model package {package.dir}: ONNX Runtime cannot load its graphs ({error})") from None
         self.threads = options.intra_op_num_threads
+        self._aligner = HostAligner(package, threads=self.threads)
+        frames = self._encoder.get_inputs()[0].shape[-1]  # a name if the graph takes any length
+        self.min_window_frames = frames if isinstance(frames, int) else 0
         layers = range(self.dims.n_text_layer)
         self._input_names = {name: [layer_input(name, i) for i in layers] for name in KV_TENSORS}
         log.debug("onnxruntime: %s graphs, %d threads", self.precision, self.threads)
 
     def encode(self, mel: np.ndarray) -> CrossKV:
         mel = np.ascontiguousarray(mel, dtype=np.float32)
-        if mel.ndim != 3 or mel.shape[1] != self.dims.n_mels:
-            raise ValueError(f"mel must be [batch, {self.dims.n_mels}, 3000], got {list(mel.shape)}")
+        most = 2 * self.dims.n_audio_ctx
+        if mel.ndim != 3 or mel.shape[1] != self.dims.n_mels or not self.min_window_frames <= mel.shape[2] <= most:
+            raise ValueError(f"mel must be [batch, {self.dims.n_mels}, {self.min_window_frames or 2}..{most}], "
+                             f"got {list(mel.shape)}")
         cross_k, cross_v = self._encoder.run(["cross_k", "cross_v"], {"mel": mel})
         return CrossKV(cross_k, cross_v)
 
@@ -115,6 +121,9 @@ class OnnxRunner:
                 cache.k[:, b, offset : offset + n] = new_k[:, b]
                 cache.v[:, b, offset : offset + n] = new_v[:, b]
         return logits
+
+    def align(self, tokens: np.ndarray, cross: CrossKV) -> np.ndarray:
+        return self._aligner.run(tokens, cross.k, cross.v)
 
     def select_cross(self, cross: CrossKV, indices: np.ndarray) -> CrossKV:
         return CrossKV(cross.k[:, indices], cross.v[:, indices])  # fancy indexing: contiguous copies

@@ -28,6 +28,9 @@ GRAPHS = {  # precision -> (encoder file, decoder file)
     "float32": ("encoder.onnx", "decoder.onnx"),
     "int8": ("encoder.int8.onnx", "decoder.int8.onnx"),
 }
+# Cross-attention scores of the alignment heads, for word timing (engines/alignment_export.py).
+# Optional: packages exported before it, or from weights without alignment heads, lack it.
+ALIGNER = "aligner.onnx"
 REEXPORT_HINT = "re-run edgescribe export"
 # How the decoder takes the cache and cross-attention K/V: one input per layer (self_k.0 ...,
 # see docs/architecture.md). The only layout this edgescribe reads or writes.
@@ -165,6 +168,14 @@ class ModelPackage:
         precision = "int8" if prefer_int8 and self.has_int8() else "float32"
         encoder, decoder = GRAPHS[precision]
         return self.file(encoder), self.file(decoder)
+
+    def aligner_path(self) -> Path:
+        """The aligner graph; a clear error when this package cannot time words."""
+        if ALIGNER not in self.manifest.files:
+            why = ("its weights name no alignment heads" if not self.manifest.alignment_heads
+                   else f"it predates word timing; {REEXPORT_HINT}")
+            raise ModelPackageError(f"model package {self.dir}: has no word timing ({ALIGNER}): {why}")
+        return self.file(ALIGNER)
 
     def mel_filters(self) -> np.ndarray:
         return np.load(self.file(MEL_FILTERS))

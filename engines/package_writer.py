@@ -18,11 +18,12 @@ from typing import Callable
 
 import numpy as np
 
-from edgescribe.engines import onnx_export
+from edgescribe.engines import alignment_export, onnx_export
 from edgescribe.engines.audio import mel_filter_bank
 from edgescribe.engines.errors import ModelPackageError, ModelSourceError
 from edgescribe.engines.files import file_sha256
 from edgescribe.engines.package import (
+    ALIGNER,
     DECODER_INPUTS,
     FORMAT_VERSION,
     GRAPHS,
@@ -67,6 +68,9 @@ def write_package(
             encoder, decoder = GRAPHS["int8"]
             graphs += [(encoder, "int8", lambda: onnx_export.build_encoder(weights)),
                        (decoder, "int8", lambda: onnx_export.build_decoder(weights, for_int8=True))]
+        if weights.alignment_heads:
+            # float32 in every package: it runs once per window, and int8 scores would blur the timing
+            graphs.append((ALIGNER, "float32", lambda: alignment_export.build_aligner(weights, weights.alignment_heads)))
         for graph_name, graph_precision, build in graphs:
             started = time.monotonic()
             if graph_precision == "int8":

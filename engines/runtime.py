@@ -5,13 +5,18 @@ and TensorRT (Jetson) implement it, so the decoding logic that ships is the one 
 
 Graph contract (see docs/architecture.md for the full table):
 
-* encoder: ``mel`` f32 [batch, n_mels, 3000] -> ``cross_k``, ``cross_v``
-  f32 [n_text_layer, batch, n_audio_ctx, n_text_state]
+* encoder: ``mel`` f32 [batch, n_mels, frames] -> ``cross_k``, ``cross_v``
+  f32 [n_text_layer, batch, frames / 2, n_text_state], for an even ``frames`` up to 3000 (a
+  window shorter than 30 s reads the first frames / 2 rows of the positional embedding)
 * decoder: ``tokens`` i64 [batch, n_tokens], ``offset`` i64 [batch], and per decoder layer
   ``l`` the inputs ``self_k.l``, ``self_v.l`` f32 [batch, n_text_ctx, n_text_state] and
-  ``cross_k.l``, ``cross_v.l`` f32 [batch, n_audio_ctx, n_text_state] -> ``logits`` f32
+  ``cross_k.l``, ``cross_v.l`` f32 [batch, frames / 2, n_text_state] -> ``logits`` f32
   [batch, n_vocab] (last position only), ``new_k``, ``new_v`` f32
   [n_text_layer, batch, n_tokens, n_text_state]
+
+* aligner (optional, engines/alignment_export.py): ``tokens`` i64 [batch, n_tokens] and the
+  decoder's ``cross_k.l``/``cross_v.l`` inputs of the layers it reads -> ``alignment`` f32
+  [n_alignment_heads, batch, n_tokens, frames / 2], the alignment heads' cross-attention scores
 
 Runners keep one buffer per K/V tensor, [n_text_layer, batch, rows, n_text_state], and feed
 the decoder layer ``l``'s contiguous slice of it.
@@ -40,9 +45,12 @@ class Runner(Protocol):
     """
 
     name: str  # "onnxruntime" or "tensorrt", reported in health and logs
+    # The shortest window (mel frames) the encoder takes: 3000 for graphs and engines made
+    # before windows could be shorter, which then always get full windows.
+    min_window_frames: int
 
     def encode(self, mel: np.ndarray) -> Any:
-        """Cross-attention K/V for a batch of log-mel windows [batch, n_mels, 3000]."""
+        """Cross-attention K/V for a batch of log-mel windows [batch, n_mels, frames]."""
 
     def new_cache(self, batch: int) -> Any:
         """An empty self-attention cache for ``batch`` sequences."""
@@ -53,6 +61,11 @@ class Runner(Protocol):
         Writes the new keys/values into ``cache`` at ``offsets`` and returns the
         logits of the last position, float32 [batch, n_vocab], on the host.
         """
+
+    def align(self, tokens: np.ndarray, cross: Any) -> np.ndarray:
+        """Cross-attention scores of the alignment heads for ``tokens`` [batch, n] from position 0,
+        float32 [n_alignment_heads, batch, n, frames / 2], on the host (word timing). Raises
+        ModelPackageError when the package has no aligner graph."""
 
     def select_cross(self, cross: Any, indices: np.ndarray) -> Any:
         """New cross-attention K/V whose row ``i`` is row ``indices[i]`` of ``cross`` (a window

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio, pad_or_trim
+from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio
 from edgescribe.engines.decoding import DecodingOptions, DecodingResult, decode
+from edgescribe.engines.encoder_window import EncoderWindow
 from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.quality_gates import QualityGates
 from edgescribe.engines.tokenizer import TIME_PRECISION
+from edgescribe.engines.word_timing import SpanTokens, Word, time_words
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,12 @@ class TranscribeOptions:
     suppress_tokens: tuple[int, ...] = (-1,)
     sample_len: int | None = None
     seed: int | None = 0  # sampling is reproducible by default
+    # A recording that fits one window is encoded in a window sized to it (see
+    # engines/encoder_window.py); longer recordings keep 30-s windows, as the seek loop needs.
+    encoder_window: EncoderWindow = "full"
+    # Word start/end times per segment (engines/word_timing.py); needs the package's aligner graph.
+    # Segments keep their text and the seek loop its course; their times follow their words.
+    word_timestamps: bool = False
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,7 @@ class Segment:
     no_speech_prob: float
     compression_ratio: float
     temperature: float
+    words: tuple[Word, ...] = ()  # with TranscribeOptions.word_timestamps
 
 
 @dataclass
@@ -79,6 +88,7 @@ class Transcription:
     language_probability: float | None = None  # None when the language was given
     windows: int = 0  # 30-s windows decoded (fallback retries not counted)
     fallbacks: int = 0  # windows decoded again at a higher temperature
+    full_window_retries: int = 0  # short windows decoded again in 30 s (engines/encoder_window.py)
 
     @property
     def text(self) -> str:
@@ -101,6 +111,8 @@ class _SeekLoop:
         self.tokenizer = model.tokenizer
         self.begin = self.tokenizer.special.timestamp_begin
         self.fallbacks = 0
+        self.full_window_retries = 0
+        self.encoded = None  # encoder output of the window last decoded (word timing aligns over it)
         self.gates = QualityGates(options.compression_ratio_threshold, options.log_prob_threshold, options.no_speech_threshold)
 
     def run(self, samples: np.ndarray) -> Transcription:
@@ -114,6 +126,8 @@ class _SeekLoop:
         segments: list[Segment] = []
         seek = 0
         windows = 0
+        last_speech = 0.0  # where the last timed segment ended (word timing)
+        window_mode = options.encoder_window if content_frames <= N_FRAMES else "full"
         # every window moves seek forward by >= 1 frame, so this bound is never the one that ends the loop
         while seek < content_frames and windows <= content_frames:
             size = min(N_FRAMES, content_frames - seek)
@@ -121,9 +135,8 @@ class _SeekLoop:
                 log.debug("window at %.2f s: below %s dBFS, silence", seek / FRAMES_PER_SECOND, options.silence_threshold_db)
                 seek += size
                 continue
-            window = pad_or_trim(mel[:, seek : seek + size])[None]
             windows += 1
-            result = self._decode_with_fallback(window, language, history[prompt_start:])
+            result = self._decode_in_window(mel[:, seek : seek + size], window_mode, language, history[prompt_start:])
             if language is None:
                 language = result.language
                 language_probability = (result.language_probs or {}).get(language)
@@ -133,6 +146,8 @@ class _SeekLoop:
                 seek += size
                 continue
             kept, next_seek = self._segments(result, seek, size)
+            if options.word_timestamps and kept:
+                kept, last_speech = self._with_words(kept, result, size, seek, last_speech)
             for segment in kept:
                 history.extend(segment.tokens)
             segments.extend(kept)
@@ -146,6 +161,7 @@ class _SeekLoop:
             language_probability=language_probability,
             windows=windows,
             fallbacks=self.fallbacks,
+            full_window_retries=self.full_window_retries,
         )
 
     def _decoding_options(self, language: str | None, prompt: list[int], temperature: float) -> DecodingOptions:
@@ -167,10 +183,28 @@ class _SeekLoop:
             length_penalty=o.length_penalty,
         )
 
+    def _decode_in_window(self, mel: np.ndarray, mode: EncoderWindow, language: str | None, prompt: list[int]) -> DecodingResult:
+        """Decode ``mel`` [n_mels, <= 3000 frames] in the window ``mode`` gives it.
+
+        A short window saves work and must not change verdicts: when its first decode fails
+        the quality checks, the short window is the suspect, so the audio is decoded again in
+        the full window (and falls back to hotter temperatures there) before any hotter try.
+        """
+        window = self.model.encoder_window(mel, mode)[None]
+        if window.shape[-1] < N_FRAMES:
+            self.encoded = self.model.runner.encode(window)
+            result = decode(self.model, window, self._decoding_options(language, prompt, self.options.temperatures[0]),
+                            encoded=self.encoded)[0]
+            if not self.gates.needs_fallback(result):
+                return result
+            self.full_window_retries += 1
+            window = self.model.encoder_window(mel, "full")[None]
+        return self._decode_with_fallback(window, language, prompt)
+
     def _decode_with_fallback(self, window: np.ndarray, language: str | None, prompt: list[int]) -> DecodingResult:
         """Decode at the lowest temperature whose result passes the quality checks."""
         o = self.options
-        encoded = self.model.runner.encode(window)
+        self.encoded = encoded = self.model.runner.encode(window)
         attempts: list[DecodingResult] = []
         for number, temperature in enumerate(o.temperatures):
             option = self._decoding_options(language, prompt, temperature)
@@ -193,6 +227,21 @@ class _SeekLoop:
             log.debug("every temperature failed (best avg logprob %.2f): treating the window as noise", best.avg_logprob)
             return replace(best, tokens=[], text="", spans=[])
         return best  # the hottest temperature tried governs the prompt reset
+
+    def _with_words(self, kept: list[Segment], result: DecodingResult, size: int, seek: int,
+                    last_speech: float) -> tuple[list[Segment], float]:
+        """``kept`` with their words timed over the encoder output of their window (``size`` frames)."""
+        logprobs: dict[int, list[float]] = {}  # id of a span's token list -> its tokens' log-probabilities
+        position = 0
+        for span in result.spans:
+            logprobs[id(span.tokens)] = result.token_logprobs[position : position + len(span.tokens)]
+            position += len(span.tokens)
+        spans = [SpanTokens(s.start, s.end, s.tokens, logprobs.get(id(s.tokens), [])) for s in kept]
+        timed, last_speech = time_words(self.model, self.encoded, spans, seek / FRAMES_PER_SECOND, size,
+                                        result.language, last_speech)
+        # a segment with words runs from its first word to its last, as openai-whisper's do
+        return [replace(segment, start=t.start, end=t.end, words=tuple(t.words))
+                for segment, t in zip(kept, timed)], last_speech
 
     def _is_quiet(self, samples: np.ndarray) -> bool:
         threshold = self.options.silence_threshold_db

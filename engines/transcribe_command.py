@@ -2,7 +2,9 @@
 
 Formats: ``text`` (one line per file), ``json`` (one object per file, one per line, with
 segments and confidence figures), ``srt`` (subtitles; several files are separated by a
-``# file`` comment line).
+``# file`` comment line), ``vtt`` (WebVTT; one header, a ``NOTE`` naming each file when there
+are several). ``--word-timestamps`` adds ``words`` [{word, start, end, probability}] to each
+JSON segment and makes the subtitle formats one cue per word.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.backend import BACKENDS, load_model
+from edgescribe.engines.encoder_window import ENCODER_WINDOWS
 from edgescribe.engines.errors import EdgescribeError
 from edgescribe.engines.transcribe import TranscribeOptions, Transcription, transcribe
 
@@ -27,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--language", metavar="xx", help="language code, e.g. en, zh (default: detect)")
     parser.add_argument("--task", choices=("transcribe", "translate"), default="transcribe",
                         help="translate: into English (multilingual models)")
-    parser.add_argument("--format", choices=("text", "json", "srt"), default="text", help="output format")
+    parser.add_argument("--format", choices=("text", "json", "srt", "vtt"), default="text", help="output format")
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help="inference backend (default: TensorRT when usable, else ONNX Runtime)")
     parser.add_argument("--engine-dir", metavar="DIR", help="TensorRT engine cache directory")
@@ -37,6 +40,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--without-timestamps", action="store_true", help="decode text only (one segment per window)")
     parser.add_argument("--beam-size", type=int, default=1, metavar="N",
                         help="beam search with N beams at temperature 0 (default 1: greedy); slower, often more accurate in noise")
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
+                        help="a recording that fits one window: encode it in a window sized to it (adaptive) "
+                             "or in the full 30 s")
+    parser.add_argument("--word-timestamps", action="store_true",
+                        help="time every word (JSON: words per segment; srt/vtt: one cue per word)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     # Read every file first: a bad file fails the command before the model loads or minutes of decoding.
     audio = {path: load_audio(path) for path in args.files}
     model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
+    if args.word_timestamps:
+        model.package.aligner_path()  # a package that cannot time words fails here, not after decoding
     if args.language is not None and model.is_multilingual and args.language not in model.tokenizer.languages:
         raise EdgescribeError(f"--language {args.language}: not a language of model {model.name} "
                               f"(known: {', '.join(model.tokenizer.languages)})")
@@ -59,6 +69,8 @@ def run(args: argparse.Namespace) -> int:
         condition_on_previous_text=not args.no_condition,
         without_timestamps=args.without_timestamps,
         beam_size=args.beam_size,
+        encoder_window=args.encoder_window,
+        word_timestamps=args.word_timestamps,
     )
     for number, (path, samples) in enumerate(audio.items()):
         started = time.monotonic()
@@ -68,17 +80,23 @@ def run(args: argparse.Namespace) -> int:
                  elapsed / max(result.duration, 1e-9))
         if args.format == "text":
             print(result.text if len(audio) == 1 else f"{path}\t{result.text}")
+        elif args.format == "vtt":
+            if number == 0:
+                print("WEBVTT\n")
+            if len(audio) > 1:
+                print(f"NOTE {path}\n")
+            sys.stdout.write(_as_vtt(result, args.word_timestamps))
         elif args.format == "json":
-            print(json.dumps(_as_json(path, result, model, elapsed), ensure_ascii=False))
+            print(json.dumps(_as_json(path, result, model, elapsed, args.word_timestamps), ensure_ascii=False))
         else:
             if len(audio) > 1:
                 print(f"{'' if number == 0 else chr(10)}# {path}")
-            sys.stdout.write(_as_srt(result))
+            sys.stdout.write(_as_srt(result, args.word_timestamps))
         sys.stdout.flush()
     return 0
 
 
-def _as_json(path: str, result: Transcription, model, elapsed: float) -> dict:
+def _as_json(path: str, result: Transcription, model, elapsed: float, with_words: bool = False) -> dict:
     return {
         "file": path,
         "model": model.name,
@@ -97,6 +115,8 @@ def _as_json(path: str, result: Transcription, model, elapsed: float) -> dict:
                 "no_speech_prob": round(segment.no_speech_prob, 4),
                 "compression_ratio": round(segment.compression_ratio, 3),
                 "temperature": segment.temperature,
+                **({"words": [{"word": w.word.strip(), "start": w.start, "end": w.end, "probability": w.probability}
+                              for w in segment.words]} if with_words else {}),
             }
             for segment in result.segments
         ],
@@ -111,9 +131,20 @@ def _srt_time(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d},{millis:03d}"
 
 
-def _as_srt(result: Transcription) -> str:
-    blocks = [
-        f"{index}\n{_srt_time(segment.start)} --> {_srt_time(segment.end)}\n{segment.text.strip()}\n"
-        for index, segment in enumerate(result.segments, start=1)
-    ]
+def _cues(result: Transcription, by_word: bool) -> list[tuple[float, float, str]]:
+    """(start, end, text) of each subtitle cue: segments, or every word of them."""
+    if by_word:
+        return [(w.start, w.end, w.word.strip()) for segment in result.segments for w in segment.words]
+    return [(segment.start, segment.end, segment.text.strip()) for segment in result.segments]
+
+
+def _as_srt(result: Transcription, by_word: bool = False) -> str:
+    blocks = [f"{index}\n{_srt_time(start)} --> {_srt_time(end)}\n{text}\n"
+              for index, (start, end, text) in enumerate(_cues(result, by_word), start=1)]
     return "\n".join(blocks)
+
+
+def _as_vtt(result: Transcription, by_word: bool = False) -> str:
+    """WebVTT cues (the header is the caller's: once per output); times use a dot, not SRT's comma."""
+    return "".join(f"{_srt_time(start).replace(',', '.')} --> {_srt_time(end).replace(',', '.')}\n{text}\n\n"
+                   for start, end, text in _cues(result, by_word))

@@ -47,6 +47,7 @@ from edgescribe.daemon.streaming import StreamTranscriber  # noqa: E402
 from edgescribe.daemon.vad import FRAME_SAMPLES, create_vad  # noqa: E402
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edgescribe.engines.backend import load_model  # noqa: E402
+from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe  # noqa: E402
 from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import (  # noqa: E402
@@ -143,7 +144,7 @@ def run_stage_report(model, engines, spoken: SpokenStream, noise_name: str, nois
     mixed = mix_at_snr(spoken.samples, noise, snr_db) if noise is not None else spoken.samples
     wav = write_wav(workdir / f"{noise_name}_{snr_db}.wav", mixed)
     events = Collected()
-    scheduler = InferenceScheduler(max_batch=4)
+    scheduler = InferenceScheduler(max_batch=4, encoder_window=args.encoder_window)
     scheduler.start()
     vad_options = VadOptions()
     vad = RecordingVad(create_vad(vad_options))
@@ -161,7 +162,8 @@ def run_stage_report(model, engines, spoken: SpokenStream, noise_name: str, nois
         reference = spoken.references[key]
         streaming.append((reference, hypotheses.get(key, "")))
         piece = mixed[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
-        offline.append((reference, transcribe(model, piece, TranscribeOptions(language="en")).text))
+        options = TranscribeOptions(language="en", encoder_window=args.encoder_window)
+        offline.append((reference, transcribe(model, piece, options).text))
     found = [(u.audio_start, u.audio_end) for u in recorder.ended]
     missed, split, merged, false = boundaries(found, spoken.spans)
     quiet = noise_only_probs(vad.probs, spoken.spans)
@@ -189,7 +191,7 @@ def latency_run(engines, spoken: SpokenStream, mixed: np.ndarray, args, workdir:
     The end of speech is read off the clean speech, since in noise no level threshold finds it.
     """
     events = Collected()
-    scheduler = InferenceScheduler(max_batch=4)
+    scheduler = InferenceScheduler(max_batch=4, encoder_window=args.encoder_window)
     scheduler.start()
     wav = write_wav(workdir / "latency.wav", mixed)
     pipeline = StreamPipeline.build(StreamConfig(name="mic", file=str(wav), speed=1.0), CaptureOptions(), VadOptions(),
@@ -209,7 +211,7 @@ def noise_alone(engines, noise: np.ndarray, minutes: float, args, workdir: Path,
     samples = np.resize(noise, int(minutes * 60 * SAMPLE_RATE)).astype(np.float32)
     wav = write_wav(workdir / f"alone_{name}.wav", samples)
     events = Collected()
-    scheduler = InferenceScheduler(max_batch=4)
+    scheduler = InferenceScheduler(max_batch=4, encoder_window=args.encoder_window)
     scheduler.start()
     vad_options = VadOptions()
     segmenter = Segmenter("mic", segmenter_options(args), create_vad(vad_options), update_interval_s=None,
@@ -237,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-only-minutes", type=float, default=10.0, help="each noise alone for this long")
     parser.add_argument("--fixed-silence", action="store_true",
                         help="end utterances after min_silence_s whatever the floor (the rule before floor-aware silence)")
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
+                        help="encoder window for live utterances and offline single windows (engines/encoder_window.py)")
     args = parser.parse_args(argv)
 
     model = load_model(args.model, backend="onnxruntime", threads=args.threads)

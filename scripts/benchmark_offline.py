@@ -39,13 +39,13 @@ def _worker(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     if args.worker == "edgescribe":
         from edgescribe.engines.backend import load_model
-        from edgescribe.engines.transcribe import transcribe
+        from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 
         model = load_model(args.package, backend="onnxruntime", threads=args.threads)
-        detail = f"{model.runner.precision} graphs"
+        detail = f"{model.runner.precision} graphs, {args.encoder_window} encoder windows"
 
         def run(samples):
-            return transcribe(model, samples).text
+            return transcribe(model, samples, TranscribeOptions(encoder_window=args.encoder_window)).text
     else:
         from tests.fixtures.faster_whisper_reference import load_reference, reference_transcribe
 
@@ -71,7 +71,8 @@ def _worker(args: argparse.Namespace) -> None:
 def _run_system(system: str, args: argparse.Namespace, files: list[Path]) -> dict:
     command = [sys.executable, __file__, "--worker", system, "--model-source", args.model_source,
                "--package", str(args.package), "--threads", str(args.threads),
-               "--fw-compute-type", args.fw_compute_type, "--files", *map(str, files)]
+               "--fw-compute-type", args.fw_compute_type, "--encoder-window", args.encoder_window,
+               "--files", *map(str, files)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode != 0:
         sys.exit(f"{system} worker failed:\n{done.stderr[-3000:]}")
@@ -88,6 +89,8 @@ def main() -> int:
     parser.add_argument("--fw-compute-type", default="int8", help="faster-whisper compute_type")
     parser.add_argument("--language", default="en", help="language of the files, for scoring")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--encoder-window", choices=("adaptive", "full"), default="full",
+                        help="edgescribe's window for recordings that fit one (engines/encoder_window.py)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per system")
     parser.add_argument("--worker", choices=("edgescribe", "faster-whisper"), help=argparse.SUPPRESS)
     args = parser.parse_args()

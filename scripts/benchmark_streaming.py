@@ -98,7 +98,8 @@ def files_for_stream(ids: list[str], index: int, count: int, seconds: float, cor
 
 def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, workdir: Path) -> RunResult:
     events = Collected()
-    scheduler = InferenceScheduler(max_batch=args.max_batch, max_pending_finals=TranscriptionConfig().max_pending_finals)
+    scheduler = InferenceScheduler(max_batch=args.max_batch, max_pending_finals=TranscriptionConfig().max_pending_finals,
+                                   encoder_window=args.encoder_window)
     scheduler.start()
     pipelines, spoken = [], {}
     for index, ids in enumerate(ids_per_stream):
@@ -170,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-bound", type=float, default=2.0, help="p95 final latency that still counts as keeping up (s)")
     parser.add_argument("--no-partials", action="store_true", help="finals only (partials are on in the daemon by default)")
     parser.add_argument("--no-speculative-final", action="store_true", help="start final decodes only at the end of the utterance")
+    parser.add_argument("--encoder-window", choices=("adaptive", "full"), default="full",
+                        help="engine.encoder_window: live windows sized to the utterance, or always 30 s")
     parser.add_argument("--short", action="store_true", help="smoke run: 30 s latency run, 20 s per capacity run, N = 1, 2")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     precision = "int8" if model.package.has_int8() and model.runner.name == "onnxruntime" else "float32"
     ids = short_ids(CORPUS)
     print(f"model {model.name} ({precision}) on {model.runner.name}, {args.threads} threads, max batch {args.max_batch}, "
-          f"partials {'off' if args.no_partials else 'on'}")
+          f"partials {'off' if args.no_partials else 'on'}, {args.encoder_window} encoder windows")
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)

@@ -53,6 +53,13 @@ class EngineConfig(Section):
         max=448,
         unit="tokens",
     )
+    encoder_window: Literal["adaptive", "full"] = setting(
+        "full",
+        "How much audio Whisper's encoder reads for a live utterance or partial. full: always a 30-s "
+        "window, as Whisper was trained. adaptive: the shortest of 10, 15, 20 or 30 s that holds the "
+        "utterance plus 2 s, which cuts the encoder's work for short utterances (docs/benchmarks.md, "
+        "'Encoder windows'). Engines built before this setting existed take full windows only.",
+    )
     threads: int = setting(
         0,
         "ONNX Runtime intra-op threads (CPU backend, and the reference when validating engines); 0: automatic.",

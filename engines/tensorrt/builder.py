@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 from edgescribe.engines.errors import EdgescribeError
+from edgescribe.engines.encoder_window import WINDOW_FRAMES
 from edgescribe.engines.runtime import KV_TENSORS, layer_input
 from edgescribe.engines.tensorrt.engine_cache import GRAPHS, EngineBuildError, EngineCache, EngineKey, engine_keys
 from edgescribe.engines.tensorrt.platform import DeviceFacts
@@ -78,26 +79,35 @@ Validator = Callable[[], ValidationOutcome]
 
 
 def profiles(dims, options: BuildOptions) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
-    """(min, opt, max) shapes per graph input: batch 1..max_batch, tokens 1..max_prompt_tokens.
+    """(min, opt, max) shapes per graph input: batch 1..max_batch, tokens 1..max_prompt_tokens,
+    encoder windows from the shortest of engines/encoder_window.py up to 30 s.
 
-    The opt point is batch 1 and one token: one active speaker decoding token by token is the
-    common case, and it is the per-token step whose latency a listener notices.
+    The opt point is batch 1, one token and the shortest window: one active speaker saying a
+    short sentence, decoding token by token, is the common case, and it is the per-token step
+    whose latency a listener notices. One profile spans every window length (TensorRT tunes
+    its kernels at the opt point and runs the others correctly, if less tuned); a profile per
+    window length would need a context per profile and is not measured on hardware.
     """
     if options.max_prompt_tokens > dims.n_text_ctx:
         raise ValueError(f"max_prompt_tokens {options.max_prompt_tokens} exceeds the model's text context {dims.n_text_ctx}")
     hi, n = options.max_batch, options.max_prompt_tokens
-    ctx, state, audio = dims.n_text_ctx, dims.n_text_state, dims.n_audio_ctx
+    ctx, state = dims.n_text_ctx, dims.n_text_state
+    shortest, full = min(WINDOW_FRAMES), 2 * dims.n_audio_ctx
 
     def batched(shape: Callable[[int], Shape]) -> tuple[Shape, Shape, Shape]:
         return shape(1), shape(1), shape(hi)
 
+    def windows(shape: Callable[[int, int], Shape], per_frame: int) -> tuple[Shape, Shape, Shape]:
+        return shape(1, shortest // per_frame), shape(1, shortest // per_frame), shape(hi, full // per_frame)
+
     def kv_shape(kv: KVInput) -> tuple[Shape, Shape, Shape]:
-        rows = ctx if kv.source.startswith("self") else audio
-        return batched(lambda b: (b, rows, state))
+        if kv.source.startswith("self"):
+            return batched(lambda b: (b, ctx, state))
+        return windows(lambda b, rows: (b, rows, state), per_frame=2)  # cross K/V: a row per 2 frames
 
     decoder = {"tokens": ((1, 1), (1, 1), (hi, n)), "offset": batched(lambda b: (b,))}
     decoder |= {kv.tensor: kv_shape(kv) for kv in kv_inputs(dims.n_text_layer)}
-    return {"encoder": {"mel": batched(lambda b: (b, dims.n_mels, 3000))}, "decoder": decoder}
+    return {"encoder": {"mel": windows(lambda b, frames: (b, dims.n_mels, frames), per_frame=1)}, "decoder": decoder}
 
 
 def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, dims) -> dict[str, EngineKey]:

@@ -1,6 +1,6 @@
 """The TensorRT :class:`engines.runtime.Runner`: encoder and decoder engines on the GPU.
 
-Per 30-s window the mel goes up once and the cross-attention K/V stay on the device; per
+Per window (up to 30 s) the mel goes up once and the cross-attention K/V stay on the device; per
 decoding step only the tokens (a few bytes) go up and the logits come down. The decoder
 returns each step's new self-attention K/V in a scratch buffer and the runner copies them
 into the caller's cache at each row's offset with strided device-to-device copies, so the
@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.host_aligner import HostAligner
 from edgescribe.engines.tensorrt.builder import KVInput, kv_inputs
 from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
 from edgescribe.engines.tensorrt.seam import DeviceBuffer, Shape
@@ -39,11 +41,13 @@ def decoder_io(kv: list[KVInput]) -> dict[str, bool]:
 
 @dataclass
 class DeviceCrossKV:
-    """Cross-attention K/V of ``batch`` windows, [n_text_layer, batch, n_audio_ctx, n_text_state]."""
+    """Cross-attention K/V of ``batch`` windows, [n_text_layer, batch, rows, n_text_state]; ``rows``
+    is the window's mel frames / 2."""
 
     k: DeviceBuffer
     v: DeviceBuffer
     batch: int
+    rows: int
 
 
 @dataclass
@@ -128,11 +132,15 @@ class TensorRTRunner:
             self._check_layer_alignment(where["decoder"])
             self.max_batch = min(self._encoder.profile_max("mel")[0], self._decoder.profile_max("tokens")[0])
             self.max_tokens = self._decoder.profile_max("tokens")[1]
+            self.min_window_frames = self._encoder.profile_min("mel")[2]
             self._enc_ctx = self._encoder.create_context()
             self._dec_ctx = self._decoder.create_context()
             self._stream = gpu.stream()
             self._device, self._host = self._allocate(enc, dec)
         self._bound_kv: tuple = ()  # (batch, buffer addresses) the decoder's K/V inputs are bound to
+        # Word timing: the aligner has no engine yet; it runs on ONNX Runtime over a host copy of
+        # the window's cross K/V (once per timed window). engines/backend.py attaches the package's.
+        self.aligner: HostAligner | None = None
         log.info(
             "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s",
             self.max_batch, self.max_tokens, np.dtype(self.kv_dtype).name,
@@ -156,7 +164,7 @@ class TensorRTRunner:
         Whisper width is a multiple of 128, so in fp16 or fp32 that is 256-byte aligned. Say so
         plainly should a model ever break that, rather than let TensorRT reject an address."""
         dims, itemsize = self._dims, np.dtype(self.kv_dtype).itemsize
-        for rows in (dims.n_text_ctx, dims.n_audio_ctx):
+        for rows in (dims.n_text_ctx, 1):  # cross K/V rows follow the window: any count
             if (rows * dims.n_text_state * itemsize) % ADDRESS_ALIGNMENT:
                 raise EngineBuildError(
                     f"{where}: per-layer K/V inputs of {rows} x {dims.n_text_state} {np.dtype(self.kv_dtype).name} "
@@ -204,18 +212,20 @@ class TensorRTRunner:
     def encode(self, mel: np.ndarray) -> DeviceCrossKV:
         dims = self._dims
         mel = np.asarray(mel)
-        if mel.ndim != 3 or mel.shape[1:] != (dims.n_mels, 3000) or not 1 <= mel.shape[0] <= self.max_batch:
-            raise ValueError(f"mel must be [1..{self.max_batch}, {dims.n_mels}, 3000], got {list(mel.shape)}")
-        batch = mel.shape[0]
+        frames = f"{self.min_window_frames}..{2 * dims.n_audio_ctx}"
+        if (mel.ndim != 3 or mel.shape[1] != dims.n_mels or not 1 <= mel.shape[0] <= self.max_batch
+                or not self.min_window_frames <= mel.shape[2] <= 2 * dims.n_audio_ctx or mel.shape[2] % 2):
+            raise ValueError(f"mel must be [1..{self.max_batch}, {dims.n_mels}, {frames} (even)], got {list(mel.shape)}")
+        batch, rows = mel.shape[0], mel.shape[2] // 2
         gpu, stream, ctx = self._gpu, self._stream, self._enc_ctx
-        cross_bytes = _nbytes((dims.n_text_layer, batch, dims.n_audio_ctx, dims.n_text_state), self.kv_dtype)
+        cross_bytes = _nbytes((dims.n_text_layer, batch, rows, dims.n_text_state), self.kv_dtype)
         with gpu.active():
             host = self._host["mel"].reshape(-1)[: mel.size].reshape(mel.shape)
             host[...] = mel  # converts to the engine's mel dtype
             gpu.upload(self._device["mel"].ptr, host, stream)
             # Fresh buffers per window: a caller may hold several windows' K/V at once (the
             # temperature fallback decodes the same window again from its ``encoded``).
-            cross = DeviceCrossKV(gpu.alloc(cross_bytes), gpu.alloc(cross_bytes), batch)
+            cross = DeviceCrossKV(gpu.alloc(cross_bytes), gpu.alloc(cross_bytes), batch, rows)
             ctx.set_input_shape("mel", mel.shape)
             ctx.set_address("mel", self._device["mel"].ptr)
             ctx.set_address("cross_k", cross.k.ptr)
@@ -281,13 +291,19 @@ class TensorRTRunner:
             stream.synchronize()
             return host_logits.astype(np.float32, copy=True)
 
+    def align(self, tokens: np.ndarray, cross: DeviceCrossKV) -> np.ndarray:
+        if self.aligner is None:
+            raise ModelPackageError("word timing: no aligner attached to this TensorRT runner")
+        k, v = self.cross_to_host(cross)
+        return self.aligner.run(tokens, k, v)
+
     def select_cross(self, cross: DeviceCrossKV, indices: np.ndarray) -> DeviceCrossKV:
         dims = self._dims
-        row = _nbytes((dims.n_audio_ctx, dims.n_text_state), self.kv_dtype)
+        row = _nbytes((cross.rows, dims.n_text_state), self.kv_dtype)
         count = len(indices)
         with self._gpu.active():
             selected = DeviceCrossKV(self._gpu.alloc(row * dims.n_text_layer * count),
-                                     self._gpu.alloc(row * dims.n_text_layer * count), count)
+                                     self._gpu.alloc(row * dims.n_text_layer * count), count, cross.rows)
             for i, source in enumerate(np.asarray(indices).tolist()):
                 for old, new in ((cross.k, selected.k), (cross.v, selected.v)):
                     # one strided copy per row: its slice in every layer
@@ -327,12 +343,12 @@ class TensorRTRunner:
         over a hundred per-layer inputs).
         """
         buffers = {"self_k": cache.k, "self_v": cache.v, "cross_k": cross.k, "cross_v": cross.v}
-        bound = (batch, *(buffer.ptr for buffer in buffers.values()))
+        bound = (batch, cross.rows, *(buffer.ptr for buffer in buffers.values()))
         if bound == self._bound_kv:
             return
         dims = self._dims
         for kv in self._kv:
-            rows = dims.n_text_ctx if kv.source.startswith("self") else dims.n_audio_ctx
+            rows = dims.n_text_ctx if kv.source.startswith("self") else cross.rows
             layer_shape = (batch, rows, dims.n_text_state)
             self._dec_ctx.set_input_shape(kv.tensor, layer_shape)
             offset = kv.layer * _nbytes(layer_shape, self.kv_dtype)
@@ -349,7 +365,7 @@ class TensorRTRunner:
     def cross_to_host(self, cross: DeviceCrossKV) -> tuple[np.ndarray, np.ndarray]:
         """Copy cross K/V back as float32 numpy arrays (validation only; never per token)."""
         dims = self._dims
-        shape = (dims.n_text_layer, cross.batch, dims.n_audio_ctx, dims.n_text_state)
+        shape = (dims.n_text_layer, cross.batch, cross.rows, dims.n_text_state)
         with self._gpu.active():
             k = self._gpu.pinned(shape, self.kv_dtype)
             v = self._gpu.pinned(shape, self.kv_dtype)

@@ -245,6 +245,11 @@ class Engine:
         _min, _opt, largest = self._engine.get_tensor_profile_shape(name, 0)
         return tuple(int(d) for d in largest)
 
+    def profile_min(self, name: str) -> Shape:
+        """The smallest shape optimisation profile 0 accepts for input ``name``."""
+        smallest, _opt, _max = self._engine.get_tensor_profile_shape(name, 0)
+        return tuple(int(d) for d in smallest)
+
     def create_context(self) -> Context:
         return Context(self._engine.create_execution_context(), self._trt)
 

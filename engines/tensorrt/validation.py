@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from edgescribe.engines.audio import load_audio, log_mel, pad_or_trim
+from edgescribe.engines.audio import N_FRAMES, load_audio, log_mel, pad_or_trim
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +230,7 @@ def validate(
     return compare(expected, actual, tolerance, texts)
 
 
-def reference_mel(mel_filters: np.ndarray, wav: Path = REFERENCE_WAV) -> np.ndarray:
-    """The reference recording as one 30-s log-mel window, float32 [1, n_mels, 3000]."""
-    return pad_or_trim(log_mel(load_audio(wav), mel_filters))[None].astype(np.float32)
+def reference_mel(mel_filters: np.ndarray, wav: Path = REFERENCE_WAV, frames: int = N_FRAMES) -> np.ndarray:
+    """The reference recording as one log-mel window of ``frames`` (30 s unless shorter),
+    float32 [1, n_mels, frames]."""
+    return pad_or_trim(log_mel(load_audio(wav), mel_filters), frames)[None].astype(np.float32)

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from edgescribe.daemon import mqtt_link
 from edgescribe.daemon.config import Config, InvalidConfig, load_config
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
+from edgescribe.daemon.config.engine import EngineConfig
 from edgescribe.daemon.config.loader import load_file, load_text
 from edgescribe.daemon.config.models import MANIFEST
 from edgescribe.daemon.config.mqtt import MqttConfig
@@ -27,6 +28,7 @@ from edgescribe.daemon.config.secrets import read_password
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.pipeline import StreamPipeline
 from edgescribe.daemon.scheduler import InferenceScheduler
+from edgescribe.engines.encoder_window import ENCODER_WINDOWS
 from edgescribe.engines.errors import ConfigError
 from edgescribe.engines.package import MANIFEST as WRITTEN_MANIFEST
 from tests.fixtures.config_sections import Link, Root, Stream, Tls
@@ -601,3 +603,8 @@ def test_the_daemon_built_segmenter_takes_its_thresholds_from_the_vad_section():
         TranscriptionConfig(), InferenceScheduler(), engines=None, emit=lambda event: None,
     )
     assert (pipeline.segmenter.threshold, pipeline.segmenter.off_threshold) == (0.8, 0.6)
+
+
+def test_encoder_window_choices_are_the_engines_own():
+    """check-config does not import the engines (numpy); its list of windows must match theirs."""
+    assert typing.get_args(EngineConfig.model_fields["encoder_window"].annotation) == ENCODER_WINDOWS

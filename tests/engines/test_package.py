@@ -51,10 +51,13 @@ def test_manifest_of_tiny_en(tiny_en_package):
     assert manifest.suppress_blank == [220, 50256] and 50360 in manifest.suppress_tokens
     assert manifest.source["format"] == "ctranslate2" and len(manifest.source["sha256"]) == 64
     assert manifest.precision == {"encoder.onnx": "float32", "decoder.onnx": "float32",
-                                  "encoder.int8.onnx": "int8", "decoder.int8.onnx": "int8"}
+                                  "encoder.int8.onnx": "int8", "decoder.int8.onnx": "int8", "aligner.onnx": "float32"}
     assert manifest.created_by.startswith("edgescribe ")
     assert set(manifest.files) == {"encoder.onnx", "decoder.onnx", "encoder.int8.onnx", "decoder.int8.onnx",
-                                   "tokenizer.json", "mel_filters.npy"}
+                                   "aligner.onnx", "tokenizer.json", "mel_filters.npy"}
+    # word timing: tiny.en's config.json names its alignment heads
+    assert manifest.alignment_heads == [(1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)]
+    assert tiny_en_package.aligner_path().name == "aligner.onnx"
 
 
 def test_manifest_of_multilingual_base(base_package):
@@ -145,7 +148,7 @@ def test_write_replaces_an_existing_package_atomically(tmp_path):
     package = write_package(weights, target)
     assert not (target / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.en"]  # no temp or old dirs left
-    assert package.manifest.precision == {"encoder.onnx": "float32", "decoder.onnx": "float32"}
+    assert package.manifest.precision == {"encoder.onnx": "float32", "decoder.onnx": "float32", "aligner.onnx": "float32"}
     assert not package.has_int8()
     assert [p.name for p in package.graph_paths(prefer_int8=True)] == ["encoder.onnx", "decoder.onnx"]
     ModelPackage.load(target, verify=True)

@@ -12,6 +12,8 @@ import numpy as np
 import onnx
 import pytest
 
+from edgescribe.engines.onnx_runner import OnnxRunner
+from edgescribe.engines.tensorrt import validation
 from edgescribe.engines.tensorrt.build import build_engines
 from edgescribe.engines.tensorrt.builder import FP32_LAYER_TYPES, HALF_IO, BuildOptions, Ticker, profiles, recipe
 from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
@@ -40,12 +42,13 @@ def build(package, out, fake, options=OPTIONS, **kwargs):
 def test_profiles_cover_batch_and_prompt_range_with_single_token_opt(tiny_package):  # noqa: F811
     dims = tiny_package.dims
     shapes = profiles(dims, BuildOptions(max_batch=4, max_prompt_tokens=224))
-    assert shapes["encoder"]["mel"] == ((1, 80, 3000), (1, 80, 3000), (4, 80, 3000))
+    # every window length, tuned for the shortest (engines/encoder_window.py)
+    assert shapes["encoder"]["mel"] == ((1, 80, 1000), (1, 80, 1000), (4, 80, 3000))
     assert shapes["decoder"]["tokens"] == ((1, 1), (1, 1), (4, 224))
     # one K/V input per layer, each with one layer's shape
     assert set(shapes["decoder"]) == {"tokens", "offset"} | KV_NAMES
     assert shapes["decoder"]["self_v.3"] == ((1, 448, 384), (1, 448, 384), (4, 448, 384))
-    assert shapes["decoder"]["cross_k.0"] == ((1, 1500, 384), (1, 1500, 384), (4, 1500, 384))
+    assert shapes["decoder"]["cross_k.0"] == ((1, 500, 384), (1, 500, 384), (4, 1500, 384))
     with pytest.raises(ValueError, match="exceeds the model's text context 448"):
         profiles(dims, BuildOptions(max_prompt_tokens=449))
 
@@ -145,6 +148,33 @@ def test_package_builds_validates_and_binds_each_layer_into_one_buffer(tiny_pack
         assert context.addresses[f"cross_k.{layer}"] == cross.k.ptr + layer * 2 * 1500 * 384 * itemsize
         assert context.shapes[f"cross_k.{layer}"] == (2, 1500, 384)
     assert build(package, tmp_path, fake) is False
+
+
+def test_runner_encodes_short_windows_and_binds_their_rows(tiny_package, fake, tmp_path):  # noqa: F811
+    """A 10-s window (the shortest bucket) goes through the one profile: half as many cross
+    K/V rows as mel frames, bound per layer at that row count, the same logits as ONNX Runtime."""
+    package = tiny_package
+    build(package, tmp_path, fake)
+    with fake.gpu.active():
+        runner = TensorRTRunner.from_cache(fake, EngineCache(tmp_path, "tiny.en"), package.dims)
+    assert runner.min_window_frames == 1000
+    mel = validation.reference_mel(package.mel_filters(), frames=1000)
+    special = package.manifest.special_tokens
+    tokens, offsets = np.array([[special.sot, special.no_timestamps]]), np.array([0])
+    cross = runner.encode(mel)
+    assert cross.rows == 500
+    logits = runner.decode(tokens, offsets, runner.new_cache(1), cross)
+    context = [c for c in fake.gpu.contexts if "tokens" in c.engine.inputs][-1]
+    assert context.shapes["cross_v.3"] == (1, 500, 384)
+    itemsize = np.dtype(runner.kv_dtype).itemsize
+    assert context.addresses["cross_v.3"] == cross.v.ptr + 3 * 500 * 384 * itemsize
+    reference = OnnxRunner(package, threads=1, prefer_int8=False)
+    expected = reference.decode(tokens, offsets, reference.new_cache(1), reference.encode(mel))
+    assert int(logits.argmax()) == int(expected.argmax())
+    assert np.abs(logits - expected).max() < 0.05 * np.abs(expected).max()
+    for frames in (998, 3002):
+        with pytest.raises(ValueError, match=r"mel must be \[1..2, 80, 1000..3000 \(even\)\]"):
+            runner.encode(np.zeros((1, 80, frames), np.float32))
 
 
 def test_force_rebuilds_and_reuses_the_saved_timing_cache(tiny_package, fake, tmp_path):  # noqa: F811

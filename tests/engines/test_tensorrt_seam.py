@@ -287,6 +287,7 @@ def test_an_engine_reports_its_tensors_profile_and_makes_contexts(api_checker, r
     ]
     assert engine.profile_max("tokens") == (2, 32)
     assert engine.profile_max("self_k.0") == (2, 448, 384)
+    assert engine.profile_min("tokens") == (1, 1)
     assert isinstance(engine.create_context(), seam.Context)
 
 

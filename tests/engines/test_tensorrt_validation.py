@@ -129,7 +129,7 @@ def int8_package(tiny_package, tmp_path_factory):  # noqa: F811
     target.mkdir()
     # Link only files that are read; every file written below is new in target (never write
     # through a link into the shared package).
-    for name in ("encoder.onnx", "decoder.onnx", "tokenizer.json", "mel_filters.npy"):
+    for name in ("encoder.onnx", "decoder.onnx", "aligner.onnx", "tokenizer.json", "mel_filters.npy"):
         (target / name).symlink_to(tiny_package.dir / name)
     manifest = json.loads((tiny_package.dir / "manifest.json").read_text())
     for graph in ("encoder", "decoder"):
