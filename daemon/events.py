@@ -21,6 +21,16 @@ class Confidence:
 
 
 @dataclass(frozen=True)
+class WordTiming:
+    """One word of a final (transcription.word_timestamps), times in the stream's audio time."""
+
+    word: str  # as in the final's text, without surrounding spaces
+    start: float
+    end: float
+    probability: Optional[float]  # None when the decoder kept no token probabilities (beam search)
+
+
+@dataclass(frozen=True)
 class TranscriptEvent:
     stream: str
     utterance_id: str  # unique per device: "<stream>-<start wall ms>-<counter>"
@@ -37,6 +47,8 @@ class TranscriptEvent:
     model: str
     backend: str
     latency_s: float  # end of the audio this result covers -> result ready
+    # finals with transcription.word_timestamps: the text's words in order; None: not timed
+    words: Optional[tuple[WordTiming, ...]] = None
 
     @property
     def text(self) -> str:

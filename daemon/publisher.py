@@ -103,7 +103,7 @@ class PublisherStats:
 
 def final_payload(event: TranscriptEvent, device_id: str, seq: int, now: float) -> dict:
     """Everything a consumer of record needs; sent once per utterance, so completeness wins."""
-    return {
+    payload = {
         "schema": SCHEMA_VERSION,
         "seq": seq,
         "device": device_id,
@@ -122,6 +122,13 @@ def final_payload(event: TranscriptEvent, device_id: str, seq: int, now: float) 
         "backend": event.backend,
         "confidence": {key: round(value, 4) for key, value in asdict(event.confidence).items()},
     }
+    if event.words is not None:  # only with transcription.word_timestamps: payloads stay small without
+        payload["words"] = [
+            {"word": w.word, "start": round(w.start, 3), "end": round(w.end, 3),
+             "probability": None if w.probability is None else round(w.probability, 4)}
+            for w in event.words
+        ]
+    return payload
 
 
 def partial_payload(event: TranscriptEvent, stable_offset: int) -> dict:

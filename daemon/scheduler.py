@@ -28,9 +28,12 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from edgescribe.daemon.events import ModelEvent
+from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES
 from edgescribe.engines.backend import load_model
 from edgescribe.engines.decoding import DecodingOptions, decode
 from edgescribe.engines.encoder_window import EncoderWindow
+from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.word_timing import SpanTokens, Word, time_words
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +189,7 @@ class DecodeRequest:
     task: str = "transcribe"
     prompt: str = ""
     beam_size: int = 1  # > 1: beam search (at temperature 0 only)
+    word_timestamps: bool = False  # finals only: time each window's words (DecodeOutcome.words)
     tag: Any = None  # the submitter's own note, handed back untouched with the outcome
     submitted: float = field(default_factory=time.monotonic)
 
@@ -198,6 +202,9 @@ class DecodeOutcome:
     backend: str
     batch_size: int  # windows in the decode call that produced this outcome
     error: Optional[BaseException] = None
+    # with request.word_timestamps: per window (as results), its words with times in seconds
+    # from the window's start, or None where they could not be timed (no aligner)
+    words: list[Optional[list[Word]]] = field(default_factory=list)
 
 
 class InferenceScheduler:
@@ -221,6 +228,7 @@ class InferenceScheduler:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
+        self._untimed_models: set[str] = set()  # models that cannot time words, already logged
         self._busy = False  # a batch is being decoded right now
         self._partial_time: collections.deque[tuple[float, float]] = collections.deque()  # (end, seconds)
         # statistics for health reports; written by the worker under self._cond
@@ -376,8 +384,11 @@ class InferenceScheduler:
                 mels.append(model.encoder_window(model.log_mel(window), self.encoder_window))
                 options.append(_options_for(request, model))
         backend = model.runner.name
+        # a final with word timestamps is always alone in its batch (_decode_groups)
+        timed = batch[0] if len(batch) == 1 and batch[0].final and batch[0].word_timestamps else None
+        words: list[Optional[list[Word]]] = []
         try:
-            results = self._decode_by_length(model, mels, options)
+            results, words = self._decode_by_length(model, mels, options, timed)
             error = None
         except Exception as failure:  # one bad batch must not kill the worker
             log.exception("decoding a batch of %d windows with %s failed", len(mels), model.name)
@@ -387,25 +398,58 @@ class InferenceScheduler:
             count = len(request.windows)
             mine = results[position : position + count] if error is None else []
             position += count
-            outcome = DecodeOutcome(request, mine, model.name, backend, len(mels), error)
+            outcome = DecodeOutcome(request, mine, model.name, backend, len(mels), error,
+                                    words if request is timed and error is None else [])
             try:
                 request.on_done(outcome)
             except Exception:
                 log.exception("handling the result for %s failed", request.key)
 
+    def _time_words(self, model: Any, cross: Any, result: Any, frames: int) -> Optional[list[Word]]:
+        """The window's words (seconds from its start), or None when they cannot be timed; the
+        final's text never depends on this."""
+        if not result.tokens:
+            return []
+        span = SpanTokens(0.0, frames / FRAMES_PER_SECOND, list(result.tokens), list(result.token_logprobs))
+        try:
+            timed, _ = time_words(model, cross, [span], 0.0, frames, result.language, 0.0)
+        except ModelPackageError as error:
+            if model.name not in self._untimed_models:
+                self._untimed_models.add(model.name)
+                log.warning("transcription.word_timestamps: finals of %s go out without words: %s", model.name, error)
+            return None
+        except Exception:  # a timing failure must not cost the final its text
+            log.exception("timing the words of a final with %s failed; it goes out without words", model.name)
+            return None
+        return list(timed[0].words)
 
-    def _decode_by_length(self, model: Any, mels: list[np.ndarray], options: list[DecodingOptions]) -> list[Any]:
+    def _decode_by_length(self, model: Any, mels: list[np.ndarray], options: list[DecodingOptions],
+                          timed: Optional[DecodeRequest] = None) -> tuple[list[Any], list[Optional[list[Word]]]]:
         """Decode windows of one length together (one encoder call takes one shape); results in
-        the order of ``mels``."""
+        the order of ``mels``. With ``timed`` (a final with word timestamps, alone in its batch)
+        each window's words are also timed over its own encoder output (the same encoder input,
+        so the same text); otherwise the words list is empty."""
         by_length: dict[int, list[int]] = collections.defaultdict(list)
         for index, mel in enumerate(mels):
             by_length[mel.shape[-1]].append(index)
         results: list[Any] = [None] * len(mels)
+        words: list[Optional[list[Word]]] = [None] * len(mels) if timed is not None else []
         for indices in by_length.values():
-            decoded = self._decode(model, np.stack([mels[i] for i in indices]), [options[i] for i in indices])
-            for index, result in zip(indices, decoded):
+            stacked = np.ascontiguousarray(np.stack([mels[i] for i in indices]), dtype=np.float32)
+            chosen = [options[i] for i in indices]
+            if timed is None:
+                decoded = self._decode(model, stacked, chosen)
+            else:
+                encoded = model.runner.encode(stacked)
+                decoded = self._decode(model, stacked, chosen, encoded=encoded)
+            for row, (index, result) in enumerate(zip(indices, decoded)):
                 results[index] = result
-        return results
+                if timed is not None:
+                    # real frames only: the rest of the encoder window is padding
+                    frames = min(len(timed.windows[index]) // HOP_LENGTH, N_FRAMES)
+                    cross = model.runner.select_cross(encoded, np.array([row]))
+                    words[index] = self._time_words(model, cross, result, frames)
+        return results, words
 
 
 def _decode_groups(batch: list[DecodeRequest]) -> list[list[DecodeRequest]]:

@@ -58,11 +58,12 @@ import numpy as np
 
 from edgescribe.daemon import chinese_script
 from edgescribe.daemon.config.transcription import TranscriptionConfig
-from edgescribe.daemon.events import Confidence, TranscriptEvent
+from edgescribe.daemon.events import Confidence, TranscriptEvent, WordTiming
 from edgescribe.daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler, ModelLease
 from edgescribe.daemon.segmenter import Utterance
 from edgescribe.engines.audio import CHUNK_SECONDS, SAMPLE_RATE
 from edgescribe.engines.quality_gates import QualityGates
+from edgescribe.engines.word_timing import Word
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,48 @@ def strip_repeated_prefix(previous_words: list[str], words: list[str]) -> list[s
         if _same_words(previous_words[-k:], words[:k]):
             return words[k:]
     return words
+
+
+def place_words(windows: list[tuple[float, Optional[list[Word]]]], heard: list[str], kept: list[str],
+                script: Callable[[str], str], audio_start: float, audio_end: float) -> Optional[tuple[WordTiming, ...]]:
+    """A final's timed words in the stream's audio time, matching its text.
+
+    ``windows``: each kept window's start in the utterance (s) and its words (times from the
+    window start; None when they could not be timed, which leaves the whole final untimed).
+    ``heard`` are the final's words before the cut de-duplication, ``kept`` after it (a
+    prefix of ``heard`` dropped). The text of the final is built from the joined window texts
+    (script-converted, then split on spaces), so the words take their characters from it in
+    order: their text joined is exactly the final's text without spaces, in the plant's script,
+    and the characters de-duplication dropped drop the timed words they belong to (a word cut
+    in two keeps its remaining characters and times).
+    """
+    timed: list[tuple[str, float, float, Optional[float]]] = []
+    for offset, words in windows:
+        if words is None:
+            return None
+        for word in words:
+            text = "".join(word.word.split())
+            if text:
+                timed.append((text, offset + word.start, offset + word.end, word.probability))
+    characters = "".join(heard)
+    if sum(len(text) for text, *_ in timed) == len(characters):
+        texts, position = [], 0
+        for text, *_ in timed:
+            texts.append(characters[position : position + len(text)])
+            position += len(text)
+    else:  # the script conversion changed the length of a phrase: convert word by word
+        texts = ["".join(script(text).split()) for text, *_ in timed]
+    drop = len(characters) - len("".join(kept))
+    placed = []
+    for text, (_, start, end, probability) in zip(texts, timed):
+        if drop >= len(text):
+            drop -= len(text)
+            continue
+        text, drop = text[drop:], 0
+        start = min(max(audio_start + start, audio_start), audio_end)
+        end = min(max(audio_start + end, start), audio_end)
+        placed.append(WordTiming(text, round(start, 3), round(end, 3), probability))
+    return tuple(placed)
 
 
 def build_prompt(config: TranscriptionConfig, previous_text: str = "") -> str:
@@ -298,6 +341,7 @@ class LiveUtterance:
         self._windows: list[np.ndarray] = []
         self._results: list[Any] = []
         self._attempts: list[list[Any]] = []  # every result so far, per window
+        self._words: dict[int, Optional[list[Word]]] = {}  # id(result) -> its window's timed words
         self._beam_tried = False  # the final's last resort (see _keep_passing) was decoded
         self._ended_at = 0.0  # monotonic time the ended update arrived
         self._duration = 0.0
@@ -439,6 +483,7 @@ class LiveUtterance:
         self._windows = first.windows
         self._results = [None] * len(first.windows)
         self._attempts = [[] for _ in first.windows]
+        self._words = {}
         self._beam_tried = False
 
     def _final_decoded(self, outcome: DecodeOutcome, stream: StreamMemory) -> list[Action]:
@@ -465,8 +510,19 @@ class LiveUtterance:
                 stream.drops["no_speech"] += 1
             elif gates.is_looping(result):
                 stream.drops["compression_ratio"] += 1
-        words = self._dedupe_final(stream, self._settings.script(" ".join(r.text.strip() for r in kept)).split())
-        return self._finish(stream, outcome, words, kept)
+        heard = self._settings.script(" ".join(r.text.strip() for r in kept)).split()
+        words = self._dedupe_final(stream, heard)
+        timings = self._timed_words(heard, words) if self._settings.config.word_timestamps else None
+        return self._finish(stream, outcome, words, kept, timings)
+
+    def _timed_words(self, heard: list[str], words: list[str]) -> Optional[tuple[WordTiming, ...]]:
+        """The kept windows' timed words for the final made of ``words`` (see ``place_words``)."""
+        gates = self._settings.gates
+        starts = np.cumsum([0] + [len(window) for window in self._windows]) / SAMPLE_RATE
+        windows = [(float(starts[index]), self._words.get(id(result)))
+                   for index, result in enumerate(self._results) if gates.is_usable(result)]
+        return place_words(windows, heard, words, self._settings.script, self._audio_start,
+                           self._audio_start + self._duration)
 
     def _keep_passing(self, outcome: DecodeOutcome, stream: StreamMemory) -> Optional[DecodeRequest]:
         """Keep the results that need no fallback; returns the retry at the next temperature
@@ -491,8 +547,10 @@ class LiveUtterance:
         # beam as a last resort only where the ladder's first step was not already beam search
         beam_left = doubt_silence and not beam_retry and self._settings.config.beam_size < RESCUE_BEAM_SIZE
         retry_windows, beam_windows = [], []
-        for index, result in zip(pending, outcome.results):
+        timed = outcome.words or [None] * len(outcome.results)
+        for index, result, words in zip(pending, outcome.results, timed):
             self._attempts[index].append(result)
+            self._words[id(result)] = words  # kept alive by _attempts, so the id stays its own
             if not (gates.needs_fallback(result) or (doubt_silence and gates.is_silent(result))):
                 self._results[index] = result
                 if len(self._attempts[index]) > 1:
@@ -515,7 +573,8 @@ class LiveUtterance:
                   len(retry_windows), higher[0])
         return self._request([self._windows[i] for i in retry_windows], stream, final=True, temperature=higher[0])
 
-    def _finish(self, stream: StreamMemory, outcome: DecodeOutcome, words: list[str], kept: list[Any]) -> list[Action]:
+    def _finish(self, stream: StreamMemory, outcome: DecodeOutcome, words: list[str], kept: list[Any],
+                timings: Optional[tuple[WordTiming, ...]] = None) -> list[Action]:
         self.phase = Phase.DONE
         # finals complete in submission order (retries jump the queue), so this is the
         # utterance just before the next one to de-duplicate against
@@ -531,7 +590,7 @@ class LiveUtterance:
         results = kept or [r for r in self._results if r is not None]
         audio_end = self._audio_start + self._duration
         latency = time.monotonic() - self._ended_at
-        return actions + [Publish(self._event("final", words, [], results, outcome, audio_end, latency))]
+        return actions + [Publish(self._event("final", words, [], results, outcome, audio_end, latency, timings))]
 
     # -- shared by partials and finals -------------------------------------------------------
 
@@ -550,6 +609,7 @@ class LiveUtterance:
             prompt=build_prompt(config, stream.previous_text),
             # partials stay greedy; beam_size: the final's beam-search retry
             beam_size=beam_size or (config.beam_size if final and temperature == 0 else 1),
+            word_timestamps=final and config.word_timestamps,
             tag=tag,
         )
 
@@ -562,7 +622,7 @@ class LiveUtterance:
         return kept
 
     def _event(self, kind: str, stable: list[str], tail: list[str], results: list[Any], outcome: DecodeOutcome,
-               audio_end: float, latency: float) -> TranscriptEvent:
+               audio_end: float, latency: float, words: Optional[tuple[WordTiming, ...]] = None) -> TranscriptEvent:
         sequence = self._sequence
         self._sequence += 1
         self._published = True
@@ -582,6 +642,7 @@ class LiveUtterance:
             model=outcome.model,
             backend=outcome.backend,
             latency_s=max(0.0, latency),
+            words=words,
         )
 
 

@@ -110,6 +110,14 @@ class TranscriptionConfig(Section):
         "OpenCC's dictionaries (traditional_taiwan_phrases also uses Taiwan's vocabulary). For "
         "Chinese plants only: Japanese kanji would be converted too.",
     )
+    word_timestamps: bool = setting(
+        False,
+        "Give finals a words array: each word's start and end in the stream's audio time and its "
+        "probability, aligned from the model's cross-attention as openai-whisper does. Off by default "
+        "to keep payloads small; costs one aligner pass per final window. Needs a model package "
+        "exported with word timing (aligner.onnx): with one that has none, the daemon logs one line "
+        "when a final first asks for words and publishes finals without words.",
+    )
     max_pending_finals: int = setting(
         32,
         "Finals waiting for inference before the capture side is held back. When inference "

@@ -6,6 +6,7 @@ Order and batching are made deterministic by queuing requests before the worker 
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ from edgescribe.daemon.segmenter import Utterance
 from edgescribe.daemon.pipeline import StreamPipeline
 from edgescribe.daemon.streaming import StreamTranscriber
 from edgescribe.engines.audio import load_audio
+from edgescribe.engines.backend import load_model
 from edgescribe.engines.decoding import decode
 from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401
@@ -297,3 +299,68 @@ def test_the_daemon_configuration_names_the_packages_and_how_they_run(tiny_en_pa
     assert engines.current.name == "tiny.en" and engines.current.runner.name == "onnxruntime"
     assert engines.switched.is_set()  # no upgrade configured: nothing to wait for
     assert [(e.action, e.model, e.backend) for e in events.of_type(ModelEvent)] == [("loaded", "tiny.en", "onnxruntime")]
+
+
+# -- word timestamps -------------------------------------------------------------------------
+
+
+def test_a_final_with_word_timestamps_has_the_same_text_and_each_window_its_timed_words(corpus, tiny_en_model):
+    engines = engines_for(tiny_en_model)
+    audio = load_audio(corpus / "en" / "jfk_inaugural_1961.wav")
+    halves = [np.ascontiguousarray(part) for part in np.array_split(audio, 2)]  # a final of two windows
+    outcomes = Collected()
+    scheduler = InferenceScheduler(max_batch=4)
+    for timed in (False, True):
+        scheduler.submit(DecodeRequest(key=f"jfk:{timed}", final=True, windows=halves, lease=engines.lease(),
+                                       on_done=outcomes, word_timestamps=timed))
+    scheduler.start()
+    try:
+        assert scheduler.wait_idle(120)
+    finally:
+        scheduler.stop()
+    plain, timed = outcomes.events
+    assert plain.error is None and timed.error is None
+    assert plain.words == []  # not asked for: nothing timed
+    # timing the words never changes what was decoded
+    assert [r.text for r in timed.results] == [r.text for r in plain.results]
+    assert len(timed.words) == 2
+    for half, result, words in zip(halves, timed.results, timed.words):
+        assert words, result.text
+        assert "".join(w.word for w in words).split() == result.text.split()
+        starts = [w.start for w in words]
+        assert starts == sorted(starts)
+        assert all(0.0 <= w.start <= w.end <= len(half) / 16000 + 0.02 for w in words), words
+        assert all(w.probability is not None and 0.0 < w.probability <= 1.0 for w in words)
+    # JFK's first half opens at about 0.3 s with "And so, my fellow Americans" (the recording's own timing)
+    assert 0.0 <= timed.words[0][0].start <= 1.0, timed.words[0]
+
+
+def test_a_package_without_word_timing_gives_finals_their_text_and_one_warning(corpus, tmp_path, tiny_en_package,
+                                                                              caplog):
+    # the same package, exported as before word timing: no aligner graph in its manifest
+    package = tmp_path / "tiny.en-no-aligner"
+    package.mkdir()
+    manifest = json.loads((tiny_en_package.dir / "manifest.json").read_text())
+    manifest["files"].pop("aligner.onnx")
+    manifest["precision"].pop("aligner.onnx", None)
+    for name in manifest["files"]:
+        (package / name).symlink_to(tiny_en_package.dir / name)
+    (package / "manifest.json").write_text(json.dumps(manifest))
+    engines = engines_for(load_model(package, backend="onnxruntime", threads=THREADS))
+    audio = load_audio(corpus / "en" / "ls_1089-134691-0000.wav")
+    outcomes = Collected()
+    scheduler = InferenceScheduler(max_batch=1)
+    for key in ("a", "b"):
+        scheduler.submit(DecodeRequest(key=key, final=True, windows=[audio], lease=engines.lease(), on_done=outcomes,
+                                       word_timestamps=True))
+    with caplog.at_level("WARNING", logger="edgescribe.daemon.scheduler"):
+        scheduler.start()
+        try:
+            assert scheduler.wait_idle(120)
+        finally:
+            scheduler.stop()
+    for outcome in outcomes.events:
+        assert outcome.error is None and "longer" in outcome.results[0].text.lower()
+        assert outcome.words == [None]  # untimed, not empty: the final goes out without a words array
+    warnings = [r.getMessage() for r in caplog.records if "word_timestamps" in r.getMessage()]
+    assert len(warnings) == 1 and "aligner.onnx" in warnings[0], warnings

@@ -28,12 +28,14 @@ from edgescribe.daemon.streaming import (
     StreamTranscriber,
     build_prompt,
     common_prefix,
+    place_words,
     split_windows,
     strip_repeated_prefix,
 )
 from edgescribe.daemon.vad import SileroVad
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.decoding import compression_ratio, decode
+from edgescribe.engines.word_timing import Word
 from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.alsa import SPEECH_FILE, AlsaDevices, alsa_devices  # noqa: F401
 from tests.fixtures.models import tiny_en_package  # noqa: F401
@@ -646,3 +648,37 @@ def test_speculative_finals_read_corpus_speech_as_well_as_plain_finals(corpus, t
     print(f"{len(finals[True])} finals, {same} with identical text; WER plain {rates[False]:.3f}, speculative {rates[True]:.3f}")
     assert same >= len(finals[True]) - 1  # the audio after the pause is silence: a word may change, rarely
     assert rates[True] <= rates[False] + 0.02
+
+
+# -- word timestamps in finals ---------------------------------------------------------------
+
+
+def _words(*triples):
+    return [Word(text, start, end, 0.9) for text, start, end in triples]
+
+
+def test_place_words_offsets_each_window_and_drops_the_words_deduplication_drops():
+    first = _words((" so", 0.1, 0.3), (" my", 0.3, 0.5), (" fellow", 0.5, 0.9))
+    second = _words((" Americans,", 0.2, 0.8), (" ask", 1.0, 1.3))  # the second window starts 2.5 s in
+    heard = "so my fellow Americans, ask".split()
+    kept = strip_repeated_prefix("and so my".split(), heard)
+    assert kept == "fellow Americans, ask".split()
+    placed = place_words([(0.0, first), (2.5, second)], heard, kept, lambda text: text, 10.0, 14.0)
+    assert [w.word for w in placed] == kept
+    assert [(w.start, w.end) for w in placed] == [(10.5, 10.9), (12.7, 13.3), (13.5, 13.8)]
+    # times stay inside the final's audio
+    late = place_words([(0.0, _words((" late", 3.8, 4.6)))], ["late"], ["late"], lambda text: text, 10.0, 14.0)
+    assert [(w.start, w.end) for w in late] == [(13.8, 14.0)]
+    # a window that could not be timed leaves the whole final without words
+    assert place_words([(0.0, first), (2.5, None)], heard, kept, lambda text: text, 10.0, 14.0) is None
+
+
+def test_place_words_takes_its_text_from_the_final_in_the_plants_script():
+    # Chinese: one word per character; the final's text is converted as a whole
+    words = _words(("这", 0.0, 0.2), ("里", 0.2, 0.4), ("发", 0.4, 0.6), ("动", 0.6, 0.8), ("机", 0.8, 1.0))
+    heard = ["這裡發動機"]  # what the script conversion made of the joined text
+    placed = place_words([(0.0, words)], heard, heard, lambda text: text, 0.0, 2.0)
+    assert "".join(w.word for w in placed) == "這裡發動機"
+    # de-duplication cut inside a space-less run: only the characters it kept keep their words
+    placed = place_words([(0.0, words)], heard, ["動機"], lambda text: text, 0.0, 2.0)
+    assert [(w.word, w.start) for w in placed] == [("動", 0.6), ("機", 0.8)]
