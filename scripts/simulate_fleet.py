@@ -97,7 +97,8 @@ class SimDevice:
                 "speculative_finals": {"started": self.finals.get(name, 0), "reused": self.finals.get(name, 0),
                                        "discarded": 0},
                 "snr_db": round(rng.uniform(15, 35), 1),
-                "dropped": {"no_speech": 0, "compression_ratio": 0, "repeated_words": 0, "empty_finals": 0},
+                "dropped": {"no_speech": 0, "compression_ratio": 0, "repeated_words": 0, "empty_finals": 0,
+                            "rescued_hotter": 0, "rescued_beam": 0},
                 "discarded_bursts": 0, "length_cuts": 0,
             }
         jetson = None
