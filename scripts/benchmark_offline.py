@@ -27,6 +27,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
+
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "en"
 
 
@@ -89,7 +91,7 @@ def main() -> int:
     parser.add_argument("--fw-compute-type", default="int8", help="faster-whisper compute_type")
     parser.add_argument("--language", default="en", help="language of the files, for scoring")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--encoder-window", choices=("adaptive", "full"), default="full",
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
                         help="edgescribe's window for recordings that fit one (engines/encoder_window.py)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per system")
     parser.add_argument("--worker", choices=("edgescribe", "faster-whisper"), help=argparse.SUPPRESS)

@@ -41,6 +41,7 @@ from edgescribe.daemon.config.transcription import TranscriptionConfig  # noqa: 
 from edgescribe.daemon.events import GapEvent  # noqa: E402
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
 from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
+from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
 from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import Collected, latency_from_speech_end, spoken_stream, write_wav  # noqa: E402
 
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-bound", type=float, default=2.0, help="p95 final latency that still counts as keeping up (s)")
     parser.add_argument("--no-partials", action="store_true", help="finals only (partials are on in the daemon by default)")
     parser.add_argument("--no-speculative-final", action="store_true", help="start final decodes only at the end of the utterance")
-    parser.add_argument("--encoder-window", choices=("adaptive", "full"), default="full",
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
                         help="engine.encoder_window: live windows sized to the utterance, or always 30 s")
     parser.add_argument("--short", action="store_true", help="smoke run: 30 s latency run, 20 s per capacity run, N = 1, 2")
     parser.add_argument("-v", "--verbose", action="store_true")
