@@ -18,7 +18,7 @@ import pytest
 
 from edgescribe.daemon.homeassistant import SENSORS
 from tests.daemon.test_outbox import TinyDisk, tiny_disk  # noqa: F401  (fixture)
-from tests.fixtures.daemon import JFK, JFK_TEXT, REPO, finals, start_daemon, wait_for_log, write_config
+from tests.fixtures.daemon import JFK, JFK_TEXT, REPO, finals, run_once, start_daemon, wait_for_log, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto, retained, validate_payload  # noqa: F401
 from tests.fixtures.scoring import wer
@@ -30,13 +30,7 @@ def test_run_publishes_transcripts_and_health_then_stops_cleanly(tmp_path, mosqu
     discovery = Subscriber(mosquitto.port, ["homeassistant/sensor/#"]).connect()
     config = write_config(tmp_path / "config.yaml", package, mosquitto.port, tmp_path / "state", JFK, speed=2.0,
                           extra="homeassistant:\n  enabled: true\n")
-    daemon = start_daemon(config, "--once", umask=0o022)  # outside systemd, with a permissive umask
-    try:
-        _, stderr = daemon.communicate(timeout=120)
-    finally:
-        daemon.kill()
-    assert daemon.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    stderr = run_once(config, umask=0o022)  # outside systemd, with a permissive umask
 
     messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
     subscriber.disconnect()
@@ -188,13 +182,7 @@ def test_a_damaged_outbox_is_moved_aside_and_the_daemon_runs(tmp_path, mosquitto
     else:
         (state / "outbox.sqlite3").write_bytes(damage)
     config = write_config(tmp_path / "config.yaml", tiny_en_package.dir, mosquitto.port, state, JFK, speed=4.0)
-    daemon = start_daemon(config, "--once")
-    try:
-        _, stderr = daemon.communicate(timeout=120)
-    finally:
-        daemon.kill()
-    assert daemon.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    stderr = run_once(config)
     moved = [p for p in state.iterdir()
              if p.name.startswith("outbox.sqlite3.damaged-") and not p.name.endswith(("-wal", "-shm"))]
     assert len(moved) == 1 and moved[0].read_bytes() == damage  # kept for inspection

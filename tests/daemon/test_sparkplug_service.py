@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.fixtures.daemon import finals, start_daemon, write_config
+from tests.fixtures.daemon import finals, run_once, start_daemon, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.sparkplug_host import SparkplugHost, value_of
@@ -20,13 +20,7 @@ def test_sparkplug_finals_equal_the_json_finals(tmp_path, mosquitto, tiny_en_pac
         corpus / "en" / "jfk_inaugural_1961.wav", speed=2.0,
         more_streams=f"  - name: desk\n    file: {lj}\n    speed: 2.0\n",
         extra="sparkplug:\n  enabled: true\n  group_id: plant\n")
-    daemon = start_daemon(config, "--once")
-    try:
-        _, stderr = daemon.communicate(timeout=180)
-    finally:
-        daemon.kill()
-    assert daemon.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    stderr = run_once(config, timeout=180)
 
     messages = json_tree.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
     json_tree.disconnect()

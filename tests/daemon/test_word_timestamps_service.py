@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from tests.fixtures.daemon import JFK, REPO, finals, start_daemon, write_config
+from tests.fixtures.daemon import JFK, REPO, finals, run_once, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto, validate_payload  # noqa: F401
 
@@ -28,13 +28,7 @@ def _daemon_finals(tmp_path, port, package, name: str, extra: str) -> list[dict]
     subscriber = Subscriber(port, [f"edgescribe/{name}/#"]).connect()
     config = write_config(tmp_path / f"{name}.yaml", package, port, tmp_path / name, JFK, speed=4.0,
                           device_id=name, extra=extra)
-    daemon = start_daemon(config, "--once")
-    try:
-        _, stderr = daemon.communicate(timeout=120)
-    finally:
-        daemon.kill()
-    assert daemon.returncode == 0, stderr
-    assert "Traceback" not in stderr
+    stderr = run_once(config)
     messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
     subscriber.disconnect()
     received = finals(messages)
