@@ -101,7 +101,6 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
     events = Collected()
     scheduler = InferenceScheduler(max_batch=args.max_batch, max_pending_finals=TranscriptionConfig().max_pending_finals,
                                    encoder_window=args.encoder_window)
-    scheduler.start()
     pipelines, spoken = [], {}
     for index, ids in enumerate(ids_per_stream):
         name = f"mic{index}"
@@ -114,6 +113,8 @@ def run_streams(engines: EngineManager, ids_per_stream: list[list[str]], args, w
             StreamPipeline.build(stream, CaptureOptions(), VadOptions(), SegmenterOptions(), config, scheduler, engines, events)
         )
     audio_s = max(len(s.samples) for s in spoken.values()) / 16000
+    # the worker starts with the streams, so its lifetime is the run (scripts/profile_streaming.py)
+    scheduler.start()
     try:
         for pipeline in pipelines:
             pipeline.start()
@@ -159,6 +160,16 @@ def streaming_vs_offline(model, result: RunResult) -> tuple[float, float, int]:
     return streaming.rate, corpus_counts(offline_pairs).rate, streaming.reference_length
 
 
+def start_engines(args) -> tuple:
+    """The model (``args.model`` on ``args.backend``) and an engine manager serving it."""
+    from edgescribe.engines.backend import load_model
+
+    model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
+    engines = EngineManager(lambda path: model, args.model)
+    engines.start()
+    return model, engines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=REPO / "var" / "pkg" / "tiny.en", help="model package directory")
@@ -181,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         args.latency_seconds, args.capacity_seconds, args.streams = 30.0, 20.0, "1,2"
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    from edgescribe.engines.backend import load_model
-
-    model = load_model(args.model, backend=args.backend, engine_dir=args.engine_dir, threads=args.threads)
-    engines = EngineManager(lambda path: model, args.model)
-    engines.start()
+    model, engines = start_engines(args)
     precision = "int8" if model.package.has_int8() and model.runner.name == "onnxruntime" else "float32"
     ids = short_ids(CORPUS)
     print(f"model {model.name} ({precision}) on {model.runner.name}, {args.threads} threads, max batch {args.max_batch}, "
