@@ -14,8 +14,11 @@ Matching ignores case, punctuation and width (NFKC); words are compared as words
 kana and hangul characters one by one, so Chinese needs no spaces. A window of the text
 matches a phrase when its character edit distance from the phrase is at most
 ``tolerance`` x the phrase's length (the window may have a word or character more or fewer
-than the phrase). Without word timings, the phrase's audio time is estimated from its
-position in the text: characters are spread evenly over the audio the text covers.
+than the phrase). A confirmed alert from a final with timed words
+(``transcription.word_timestamps``) takes its audio time from the matched words: the first
+one's start to the last one's end. Otherwise (early alerts: partials have no word times)
+the time is estimated from the phrase's position in the text: characters are spread
+evenly over the audio the text covers. A retraction repeats its early alert's time.
 
 Phrase alerts are not a safety function (docs/mqtt.md "Alerts").
 """
@@ -30,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from edgescribe.daemon.config.alerts import AlertRule
-from edgescribe.daemon.events import AlertEvent, TranscriptEvent
+from edgescribe.daemon.events import AlertEvent, TranscriptEvent, WordTiming
 
 # Han (with extensions and compatibility forms), kana, hangul: one token per character.
 _CHARACTER_SCRIPTS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f"
@@ -193,7 +196,8 @@ class AlertTracker:
             match = alert.matcher.find(event.text)
             early = fired.get(alert.name)
             if match is not None:
-                resolved.append(_alert_event(alert.name, "confirmed", event, match, event.text))
+                resolved.append(_alert_event(alert.name, "confirmed", event, match, event.text,
+                                             _word_span(event.words, event.text, match)))
             elif early is not None:
                 resolved.append(_retraction(early, event))
         self._count(resolved)
@@ -205,11 +209,30 @@ class AlertTracker:
                 self._counts[alert.alert][alert.state] += 1
 
 
-def _alert_event(name: str, state: str, event: TranscriptEvent, match: Match, covered: str) -> AlertEvent:
-    duration = event.audio_end - event.audio_start
-    share = duration / max(1, len(covered.rstrip()))
-    audio_start = event.audio_start + match.start * share
-    audio_end = event.audio_start + min(len(covered), match.end) * share
+def _word_span(words: Optional[tuple[WordTiming, ...]], text: str, match: Match) -> Optional[tuple[float, float]]:
+    """The audio time of the timed words ``match`` (offsets in ``text``) falls on; None when
+    there are no word times, or they do not spell ``text``."""
+    if not words:
+        return None
+    # the words joined are the text without its spaces: find each visible character's word
+    owner = [index for index, word in enumerate(words) for _ in word.word]
+    visible = [position for position, character in enumerate(text) if not character.isspace()]
+    if len(owner) != len(visible):
+        return None
+    covered = [owner[i] for i, position in enumerate(visible) if match.start <= position < match.end]
+    if not covered:
+        return None
+    return words[covered[0]].start, words[covered[-1]].end
+
+
+def _alert_event(name: str, state: str, event: TranscriptEvent, match: Match, covered: str,
+                 span: Optional[tuple[float, float]] = None) -> AlertEvent:
+    if span is not None:
+        audio_start, audio_end = span
+    else:
+        share = (event.audio_end - event.audio_start) / max(1, len(covered.rstrip()))
+        audio_start = event.audio_start + match.start * share
+        audio_end = event.audio_start + min(len(covered), match.end) * share
     return AlertEvent(
         alert=name,
         state=state,
@@ -223,6 +246,7 @@ def _alert_event(name: str, state: str, event: TranscriptEvent, match: Match, co
         wall_start=event.wall_start + (audio_start - event.audio_start),
         wall_end=event.wall_start + (audio_end - event.audio_start),
         transcript_sequence=event.sequence,
+        audio_time="words" if span is not None else "estimated",
     )
 
 
@@ -241,4 +265,5 @@ def _retraction(early: AlertEvent, final: TranscriptEvent) -> AlertEvent:
         wall_start=early.wall_start,
         wall_end=early.wall_end,
         transcript_sequence=final.sequence,
+        audio_time=early.audio_time,
     )

@@ -120,11 +120,13 @@ class AlertEvent:
     phrase: str  # the configured phrase that matched
     matched_text: str  # the words as the transcript wrote them
     distance: int  # character edits between the two (normalised)
-    audio_start: float  # where the phrase is in the stream's audio (estimated from its position in the text)
+    audio_start: float  # where the phrase is in the stream's audio (see audio_time)
     audio_end: float
     wall_start: float
     wall_end: float
     transcript_sequence: int  # the ``sequence`` of the partial or final that raised it
+    # "words": the matched words' times (a final with word timings); "estimated": from the text
+    audio_time: Literal["words", "estimated"] = "estimated"
 
 
 @dataclass(frozen=True)

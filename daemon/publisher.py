@@ -168,6 +168,7 @@ def alert_payload(event: AlertEvent, device_id: str, seq: int, now: float) -> di
         "end": iso_utc(event.wall_end),
         "audio_start": round(event.audio_start, 3),
         "audio_end": round(event.audio_end, 3),
+        "audio_time": event.audio_time,
         "transcript_sequence": event.transcript_sequence,
         "emitted": iso_utc(now),
     }

@@ -17,7 +17,7 @@ from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, Str
 from edgescribe.daemon.config.engine import EngineConfig
 from edgescribe.daemon.config.errors import InvalidConfig
 from edgescribe.daemon.config.host import Host
-from edgescribe.daemon.config.models import ModelsConfig
+from edgescribe.daemon.config.models import ALIGNER, ModelsConfig
 from edgescribe.daemon.config.mqtt import HealthConfig, HomeAssistantConfig, MqttConfig, PrometheusConfig
 from edgescribe.daemon.config.overlay import load_with_overlay
 from edgescribe.daemon.config.requests import RequestsConfig
@@ -127,6 +127,15 @@ class Config(Section):
         if auth_problem:
             found.append(("requests.enabled", auth_problem))
         return found
+
+    def host_problems(self, host: Host) -> list[tuple[str, str]]:
+        # Refused up front: otherwise every final would go out without the words this key asks for.
+        if not self.transcription.word_timestamps:
+            return []
+        return [("transcription.word_timestamps",
+                 f"is true but model package {package} has no word timing ({ALIGNER}); re-export it with: "
+                 f"edgescribe export --source <model> --out {package} (or set word_timestamps: false)")
+                for package in self.models.without_aligner()]
 
 
 def load_config(

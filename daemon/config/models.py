@@ -19,6 +19,9 @@ DEFAULT_PACKAGE_DIR = Path("/var/lib/edgescribe/model")  # whichever model insta
 # marks a complete export). Not imported from there: that would load NumPy into check-config.
 # tests/daemon/test_config.py holds the two names equal.
 MANIFEST = "manifest.json"
+# The word-timing graph (engines/package.py ALIGNER), copied for the same reason; a package
+# exported before word timing, or from weights without alignment heads, has none.
+ALIGNER = "aligner.onnx"
 
 
 class ModelsConfig(Section):
@@ -48,10 +51,16 @@ class ModelsConfig(Section):
                      "engines are kept per directory name, so give the two packages different names")]
         return []
 
+    def without_aligner(self) -> list[Path]:
+        """The named packages that are model packages (a readable manifest) but cannot time
+        words; a directory that is no package at all is host_problems' to report."""
+        return [package for package in (self.serving, self.upgrade) if package is not None
+                and not unreadable_file(package / MANIFEST) and not (package / ALIGNER).is_file()]
+
     def host_problems(self, host: Host) -> list[tuple[str, str]]:
         found = []
         for key, package in (("serving", self.serving), ("upgrade", self.upgrade)):
             if package is not None and unreadable_file(package / MANIFEST):
                 what = "no such directory" if not package.is_dir() else f"not a model package (no readable {MANIFEST})"
-                found.append((key, f"{package}: {what}; write one with: edgescribe export --out {package}"))
+                found.append((key, f"{package}: {what}; write one with: edgescribe export --source <model> --out {package}"))
         return found

@@ -114,9 +114,9 @@ class TranscriptionConfig(Section):
         False,
         "Give finals a words array: each word's start and end in the stream's audio time and its "
         "probability, aligned from the model's cross-attention as openai-whisper does. Off by default "
-        "to keep payloads small; costs one aligner pass per final window. Needs a model package "
-        "exported with word timing (aligner.onnx): with one that has none, the daemon logs one line "
-        "when a final first asks for words and publishes finals without words.",
+        "to keep payloads small; costs one aligner pass per final window. Needs model packages "
+        "exported with word timing (aligner.onnx): check-config, run and model/switch refuse a "
+        "serving or upgrade package without one; re-export it with `edgescribe export`.",
     )
     max_pending_finals: int = setting(
         32,

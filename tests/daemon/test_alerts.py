@@ -14,7 +14,7 @@ from edgescribe.daemon.config import Config, InvalidConfig
 from edgescribe.daemon.config.alerts import AlertRule
 from edgescribe.daemon.config.loader import load_text
 from edgescribe.daemon.config.mqtt import HomeAssistantConfig
-from edgescribe.daemon.events import Confidence, TranscriptEvent
+from edgescribe.daemon.events import Confidence, TranscriptEvent, WordTiming
 from edgescribe.daemon.homeassistant import discovery_messages
 from edgescribe.daemon.publisher import Topics, alert_payload
 from tests.fixtures.mosquitto import validate_payload
@@ -48,9 +48,13 @@ def test_chinese_is_matched_character_by_character_without_spaces():
 
 
 def transcript(kind: str, sequence: int, stable: str, unstable: str = "", utterance: str = "press-1-1",
-               stream: str = "press") -> TranscriptEvent:
+               stream: str = "press", words: tuple[WordTiming, ...] | None = None) -> TranscriptEvent:
     return TranscriptEvent(stream, utterance, sequence, kind, stable, unstable, 10.0, 14.0, 1.0e9, 1.0e9 + 4.0, "en",
-                           Confidence(-0.2, 0.01, 1.2, 0.0), "tiny.en", "onnxruntime", 0.5)
+                           Confidence(-0.2, 0.01, 1.2, 0.0), "tiny.en", "onnxruntime", 0.5, words)
+
+
+def timed(*words: tuple[str, float, float]) -> tuple[WordTiming, ...]:
+    return tuple(WordTiming(word, start, end, 0.9) for word, start, end in words)
 
 
 RULES = [AlertRule(name="stop_line", phrases=["stop the line", "line stop"]),
@@ -88,6 +92,27 @@ def test_final_alone_confirms_and_other_utterances_and_streams_are_separate():
     assert tracker.observe(transcript("final", 0, "man down", utterance="press-1-3")) == []  # man_down: yard only
     [yard] = tracker.observe(transcript("final", 0, "man down", utterance="yard-1-1", stream="yard"))
     assert yard.alert == "man_down"
+
+
+def test_a_final_with_timed_words_times_the_alert_by_the_matched_words():
+    # times far from the even spread of characters, so an estimate cannot pass for them
+    words = timed(("Please,", 10.0, 10.4), ("stop", 12.5, 12.8), ("the", 12.8, 12.9), ("line", 12.9, 13.3),
+                  ("now.", 13.9, 14.0))
+    tracker = AlertTracker(RULES)
+    [early] = tracker.observe(transcript("partial", 1, "please stop the line", " now"))
+    [confirmed] = tracker.observe(transcript("final", 2, "Please, stop the line now.", words=words))
+    assert (confirmed.audio_start, confirmed.audio_end) == (12.5, 13.3)
+    assert (confirmed.wall_start, confirmed.wall_end) == (pytest.approx(1.0e9 + 2.5), pytest.approx(1.0e9 + 3.3))
+    assert early.audio_start == pytest.approx(10.0 + 4.0 * 7 / 24)  # partials have no word times: estimated
+    # Chinese words without spaces; a match inside a word takes the whole word's time
+    chinese = AlertTracker([AlertRule(name="recognition", phrases=["语音识别"], tolerance=0.0)])
+    [alert] = chinese.observe(transcript("final", 0, "推出的语音识别模型", words=timed(
+        ("推出的", 10.0, 10.6), ("语音", 11.0, 11.5), ("识别模型", 11.6, 12.9))))
+    assert (alert.audio_start, alert.audio_end) == (11.0, 12.9)
+    # words that do not spell the text (never published so) are not trusted: estimated
+    untimed = transcript("final", 0, "stop the line", words=timed(("stop", 12.0, 12.5)))
+    [estimated] = AlertTracker(RULES).observe(untimed)
+    assert (estimated.audio_start, estimated.audio_end) == (10.0, 14.0)
 
 
 def test_phrases_are_matched_in_the_plant_script():

@@ -20,7 +20,7 @@ from edgescribe.daemon.config import Config, InvalidConfig, load_config
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
 from edgescribe.daemon.config.engine import EngineConfig
 from edgescribe.daemon.config.loader import load_file, load_text
-from edgescribe.daemon.config.models import MANIFEST
+from edgescribe.daemon.config.models import ALIGNER, MANIFEST
 from edgescribe.daemon.config.mqtt import MqttConfig
 from edgescribe.daemon.config.reference import MISSING, keys, section_of
 from edgescribe.daemon.config.schema import Loading, Spec, choices, is_section, item_spec
@@ -30,6 +30,7 @@ from edgescribe.daemon.pipeline import StreamPipeline
 from edgescribe.daemon.scheduler import InferenceScheduler
 from edgescribe.engines.encoder_window import ENCODER_WINDOWS
 from edgescribe.engines.errors import ConfigError
+from edgescribe.engines.package import ALIGNER as WRITTEN_ALIGNER
 from edgescribe.engines.package import MANIFEST as WRITTEN_MANIFEST
 from tests.fixtures.config_sections import Link, Root, Stream, Tls
 
@@ -452,6 +453,7 @@ def test_one_knob_per_concept():
 
 def test_the_manifest_name_is_the_one_the_packages_are_written_with():
     assert MANIFEST == WRITTEN_MANIFEST
+    assert ALIGNER == WRITTEN_ALIGNER
 
 
 # ---------------------------------------------------------------- check-config and run agree
@@ -478,7 +480,7 @@ HOST_CASES = {
                               "{file}:4: mqtt.password_file: cannot read {tmp}/nope: No such file or directory"),
     "missing model package": ("models:\n  serving: {tmp}/base\n",
                               "{file}:3: models.serving: {tmp}/base: no such directory; write one with: "
-                              "edgescribe export --out {tmp}/base"),
+                              "edgescribe export --source <model> --out {tmp}/base"),
     "missing CA file": ("mqtt:\n  tls: true\n  tls_ca_file: {tmp}/ca.pem\n",
                         "{file}:4: mqtt.tls_ca_file: cannot read {tmp}/ca.pem: No such file or directory"),
     "NUL in topic prefix": ('mqtt:\n  topic_prefix: "plant\\0"\n',
@@ -493,6 +495,11 @@ HOST_CASES = {
     "port in host": ("mqtt:\n  host: broker.lan:1883\n",
                      "{file}:3: mqtt.host: got 'broker.lan:1883'; expected a host name or IP address, without a port "
                      "(the port is mqtt.port)"),
+    "word timestamps from a package without an aligner": (
+        "transcription:\n  word_timestamps: true\n",
+        "{file}:3: transcription.word_timestamps: is true but model package {tmp}/tiny.en has no word timing "
+        "(aligner.onnx); re-export it with: edgescribe export --source <model> --out {tmp}/tiny.en "
+        "(or set word_timestamps: false)"),
     "two streams on one device": ("streams:\n  - name: a\n    device: hw:1,0\n  - name: b\n    device: plughw:1,0\n",
                                   "{file}:6: streams[1].device: 'plughw:1,0' is already the device of streams[0]; "
                                   "each stream needs its own"),
@@ -514,6 +521,32 @@ def test_check_config_and_run_refuse_the_same_file_with_the_same_line(case, tmp_
     ran = _cli("run", "--config", str(path))
     assert ran.returncode == 2 and "Traceback" not in ran.stderr
     assert ran.stderr.splitlines() == [f"edgescribe run: error: {line}"]
+
+
+def test_word_timestamps_need_an_aligner_in_every_package_named(tmp_path, package):
+    timed = tmp_path / "base"
+    timed.mkdir()
+    (timed / MANIFEST).write_text("{}")
+    (timed / ALIGNER).write_text("")
+    path = tmp_path / "config.yaml"
+    path.write_text(f"device_id: press-1\nmodels: {{serving: {timed}, upgrade: {package}}}\n"
+                    "transcription: {word_timestamps: true}\n")
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path)
+    assert caught.value.lines() == [
+        f"{path}:3: transcription.word_timestamps: is true but model package {package} has no word timing "
+        f"(aligner.onnx); re-export it with: edgescribe export --source <model> --out {package} "
+        "(or set word_timestamps: false)"]
+    path.write_text(f"device_id: press-1\nmodels: {{serving: {timed}}}\ntranscription: {{word_timestamps: true}}\n")
+    assert load_config(path).transcription.word_timestamps
+    # off, no package needs one; a missing package is reported once, by models.serving
+    path.write_text(f"device_id: press-1\nmodels: {{serving: {package}}}\n")
+    assert not load_config(path).transcription.word_timestamps
+    path.write_text(f"device_id: press-1\nmodels: {{serving: {tmp_path}/gone}}\n"
+                    "transcription: {word_timestamps: true}\n")
+    with pytest.raises(InvalidConfig) as caught:
+        load_config(path)
+    assert [p.path for p in caught.value.problems] == ["models.serving"]
 
 
 # ---------------------------------------------------------------- the MQTT password (issue 11, item 11)

@@ -54,7 +54,7 @@ def broker(tmp_path):
 
 
 def write_config(tmp_path: Path, port: int, package: Path, rollback_after_s: float = 30.0,
-                 stream: str = "    file: {jfk}\n    loop: true\n") -> Path:
+                 stream: str = "    file: {jfk}\n    loop: true\n", extra: str = "") -> Path:
     password = tmp_path / "mqtt-password"
     password.write_text("device-pw\n")
     password.chmod(0o600)
@@ -84,7 +84,7 @@ requests:
   rate_per_s: 5
   burst: 20
   rollback_after_s: {rollback_after_s}
-""")
+{extra}""")
     return path
 
 
@@ -210,7 +210,16 @@ def test_every_operation_and_its_errors_through_the_daemon(tmp_path, broker, tin
     shutil.copytree(package, corrupt)
     victim = next(p for p in sorted(corrupt.iterdir()) if p.name != "manifest.json" and p.is_file())
     victim.write_bytes(victim.read_bytes()[:-1] + bytes([victim.read_bytes()[-1] ^ 1]))
-    config = write_config(tmp_path, broker.port, package)
+    # the same package as exported before word timing: no aligner graph, a manifest that agrees
+    untimed = models / "tiny-untimed"
+    untimed.mkdir()
+    manifest = json.loads((package / "manifest.json").read_text())
+    manifest["files"].pop("aligner.onnx")
+    manifest["precision"].pop("aligner.onnx", None)
+    for name in manifest["files"]:
+        (untimed / name).symlink_to(package / name)
+    (untimed / "manifest.json").write_text(json.dumps(manifest))
+    config = write_config(tmp_path, broker.port, package, extra="transcription:\n  word_timestamps: true\n")
     operator = Operator(broker.port)
     daemon = start_daemon(config)
     lines: list[str] = []
@@ -261,6 +270,9 @@ def test_every_operation_and_its_errors_through_the_daemon(tmp_path, broker, tin
         assert "not the expected" in wrong["error"]
         assert "sha256 mismatch" in operator.ask("model/switch", {"package": str(corrupt)})["error"]
         assert "not a model package" in operator.ask("model/switch", {"package": str(models)})["error"]
+        # word_timestamps is on: a package that cannot time words would send finals without them
+        untimed_error = operator.ask("model/switch", {"package": str(untimed)})["error"]
+        assert f"transcription.word_timestamps: is true but model package {untimed} has no word timing" in untimed_error
         manifest_sha = hashlib.sha256((good / "manifest.json").read_bytes()).hexdigest()
         switched = operator.ask("model/switch", {"package": str(good), "sha256": manifest_sha}, timeout=60)
         assert switched["status"] == "ok", switched

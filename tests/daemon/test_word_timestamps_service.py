@@ -24,7 +24,8 @@ def _key(word: str) -> str:
     return re.sub(r"[^\w']", "", word.lower())
 
 
-def _daemon_finals(tmp_path, port, package, name: str, extra: str) -> list[dict]:
+def _daemon_finals(tmp_path, port, package, name: str, extra: str) -> tuple[list[dict], list[dict]]:
+    """The finals of one daemon run over the recording, and its alerts."""
     subscriber = Subscriber(port, [f"edgescribe/{name}/#"]).connect()
     config = write_config(tmp_path / f"{name}.yaml", package, port, tmp_path / name, JFK, speed=4.0,
                           device_id=name, extra=extra)
@@ -35,7 +36,10 @@ def _daemon_finals(tmp_path, port, package, name: str, extra: str) -> list[dict]
     assert received, f"no final arrived; daemon log:\n{stderr}"
     for payload in received:
         validate_payload(payload, "final")
-    return received
+    alerts = [m.json() for m in messages if m.topic.endswith("/alert")]
+    for payload in alerts:
+        validate_payload(payload, "alert")
+    return received, alerts
 
 
 def _offline_words(package) -> list[dict]:
@@ -50,8 +54,12 @@ def _offline_words(package) -> list[dict]:
 def test_finals_carry_word_times_that_match_the_text_and_the_offline_alignment(tmp_path, mosquitto,
                                                                               tiny_en_package):
     package = tiny_en_package.dir
-    plain = _daemon_finals(tmp_path, mosquitto.port, package, "plain", "")
-    timed = _daemon_finals(tmp_path, mosquitto.port, package, "timed", "transcription:\n  word_timestamps: true\n")
+    plain, _ = _daemon_finals(tmp_path, mosquitto.port, package, "plain", "")
+    # the alert's phrase is not made a hotword, so the prompt (and the text) stays the plain run's
+    timed, alerts = _daemon_finals(tmp_path, mosquitto.port, package, "timed",
+                                   "transcription:\n  word_timestamps: true\n"
+                                   "alerts:\n  hotwords: false\n  rules:\n    - name: fellow\n"
+                                   "      phrases: [fellow americans]\n")
 
     assert all("words" not in payload for payload in plain)  # off by default: payloads stay small
     # timing the words changes no final's text (nor how the audio was cut into utterances)
@@ -64,6 +72,15 @@ def test_finals_carry_word_times_that_match_the_text_and_the_offline_alignment(t
         assert [w["start"] for w in words] == sorted(w["start"] for w in words), words
         assert all(payload["audio_start"] <= w["start"] <= w["end"] <= payload["audio_end"] for w in words), payload
         live.extend(words)
+
+    # a confirmed alert is timed by the final's matched words, not estimated from the text
+    confirmed = [alert for alert in alerts if alert["state"] == "confirmed"]
+    assert confirmed, (alerts, timed)
+    for alert in confirmed:
+        words = next(p["words"] for p in timed if p["utterance_id"] == alert["utterance_id"])
+        first = next(i for i, w in enumerate(words) if _key(w["word"]) == "fellow")
+        assert (alert["audio_start"], alert["audio_end"]) == (words[first]["start"], words[first + 1]["end"]), alert
+        assert alert["audio_time"] == "words", alert
 
     reference = _offline_words(package)
     matcher = difflib.SequenceMatcher(a=[_key(w["word"]) for w in live], b=[_key(w["word"]) for w in reference],
