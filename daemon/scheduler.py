@@ -189,6 +189,9 @@ class DecodeRequest:
     task: str = "transcribe"
     prompt: str = ""
     beam_size: int = 1  # > 1: beam search (at temperature 0 only)
+    # the window the encoder reads (engines/encoder_window.py); None: the scheduler's setting.
+    # A final's retry asks for "full" after a short window failed (engines/fallback.py).
+    encoder_window: Optional[EncoderWindow] = None
     word_timestamps: bool = False  # finals only: time each window's words (DecodeOutcome.words)
     tag: Any = None  # the submitter's own note, handed back untouched with the outcome
     submitted: float = field(default_factory=time.monotonic)
@@ -205,6 +208,8 @@ class DecodeOutcome:
     # with request.word_timestamps: per window (as results), its words with times in seconds
     # from the window's start, or None where they could not be timed (no aligner)
     words: list[Optional[list[Word]]] = field(default_factory=list)
+    # per window (as results): the mel frames of the encoder window it was decoded in
+    window_frames: list[int] = field(default_factory=list)
 
 
 class InferenceScheduler:
@@ -381,7 +386,7 @@ class InferenceScheduler:
         mels, options = [], []
         for request in batch:
             for window in request.windows:
-                mels.append(model.encoder_window(model.log_mel(window), self.encoder_window))
+                mels.append(model.encoder_window(model.log_mel(window), request.encoder_window or self.encoder_window))
                 options.append(_options_for(request, model))
         backend = model.runner.name
         # a final with word timestamps is always alone in its batch (_decode_groups)
@@ -397,9 +402,10 @@ class InferenceScheduler:
         for request in batch:
             count = len(request.windows)
             mine = results[position : position + count] if error is None else []
+            frames = [mel.shape[-1] for mel in mels[position : position + count]] if error is None else []
             position += count
             outcome = DecodeOutcome(request, mine, model.name, backend, len(mels), error,
-                                    words if request is timed and error is None else [])
+                                    words if request is timed and error is None else [], frames)
             try:
                 request.on_done(outcome)
             except Exception:

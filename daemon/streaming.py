@@ -32,7 +32,9 @@ Guards against Whisper's known failures on live audio (openai-whisper's rules wh
 exist): too-short bursts never get here (the segmenter's ``min_speech_s`` is the one length
 gate); a result with a high no-speech probability and a low average log-probability is
 dropped; a repetition loop (high gzip compression ratio) is decoded again at a higher
-temperature and dropped if it keeps looping; earlier text is not used as a prompt unless
+temperature and dropped if it keeps looping (a window decoded in a short encoder window is
+first decoded again in the full one: the retry policy is engines/fallback.py's, shared with
+the offline pipeline); earlier text is not used as a prompt unless
 configured; when the segmenter had to cut a long utterance, words repeated from the
 previous final at the start of the next are removed. The rules that judge a decoded
 result live in engines/quality_gates.py, shared with the offline pipeline.
@@ -61,7 +63,8 @@ from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import Confidence, TranscriptEvent, WordTiming
 from edgescribe.daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler, ModelLease
 from edgescribe.daemon.segmenter import Utterance
-from edgescribe.engines.audio import CHUNK_SECONDS, SAMPLE_RATE
+from edgescribe.engines.audio import CHUNK_SECONDS, N_FRAMES, SAMPLE_RATE
+from edgescribe.engines.fallback import Attempt, FallbackLadder
 from edgescribe.engines.quality_gates import QualityGates
 from edgescribe.engines.word_timing import Word
 
@@ -75,13 +78,11 @@ _CUT_TOLERANCE_S = 0.05
 # segmenter pre-roll can repeat. Longer matches are more likely to be real speech.
 _MAX_REPEATED_WORDS = 6
 # An utterance with at least this much speech (by the voice detector) is not dropped as
-# silence on the first decode's word: the gates must find it silent at every temperature.
-# Below it, bursts are short enough that a wrong "silence" costs a word or two, and a hotter
-# decode of a door slam only invents some.
+# silence on the first decode's word: the gates must find it silent at every temperature, and
+# its windows that fail every temperature get one beam-search decode before they are dropped
+# (engines/fallback.py). Below it, bursts are short enough that a wrong "silence" costs a word
+# or two, and a hotter decode of a door slam only invents some.
 DOUBT_SILENCE_AFTER_S = 2.0
-# Such an utterance's windows that fail the gates at every temperature get one more decode by
-# beam search of this width before they are dropped (the width issue 16 measured offline).
-RESCUE_BEAM_SIZE = 5
 
 
 def _word_key(word: str) -> str:
@@ -282,6 +283,7 @@ class _Settings:
     stream: str
     config: TranscriptionConfig
     gates: QualityGates
+    ladder: FallbackLadder  # a final's retries; each final adds its own doubt of silence
     deliver: Callable[[DecodeOutcome], None]  # the driver's entry for outcomes (the requests' on_done)
     # transcription.chinese_script: applied to every hypothesis before the agreement sees it,
     # so stable words stay stable in the plant's script
@@ -300,7 +302,7 @@ class _Speculation:
 class Phase(enum.Enum):
     OPEN = "open"  # speech goes on: updates may give partials
     SPECULATING = "speculating"  # paused: the final's first decode started on the audio so far
-    DECODING_FINAL = "decoding final"  # ended: one attempt (at one temperature) is queued or running
+    DECODING_FINAL = "decoding final"  # ended: one attempt of the fallback ladder is queued or running
     DONE = "done"  # the final went out, nothing was owed, or the stream closed
 
 
@@ -312,8 +314,8 @@ class LiveUtterance:
     returns the actions to carry out, in order. The path::
 
         OPEN --pause--> SPECULATING --more speech--> OPEN
-        OPEN | SPECULATING --end--> DECODING_FINAL (the first temperature, then each hotter
-        one the gates ask for) --> DONE
+        OPEN | SPECULATING --end--> DECODING_FINAL (the first attempt, then each retry of
+        engines/fallback.py's ladder the gates ask for) --> DONE
 
     A speculation still valid at the end is the final's first attempt (decoded or not), so
     it goes through the same gates, fallback and de-duplication as a fresh one.
@@ -336,13 +338,14 @@ class LiveUtterance:
         # (speech_end, samples) of the last pause update: a final after it with no more speech
         # decodes just those samples, speculated or not, so its text does not depend on load
         self._pause: Optional[tuple[int, int]] = None
-        # the final: one result slot per window, filled as temperatures pass the gates
+        # the final: one result slot per window, filled as attempts pass the gates
         self._final: Optional[DecodeRequest] = None  # the attempt being decoded
+        self._ladder = settings.ladder  # the final's, with its doubt of silence (set at the end)
+        self._attempt = settings.ladder.first()  # the ladder's step self._final decodes
         self._windows: list[np.ndarray] = []
         self._results: list[Any] = []
-        self._attempts: list[list[Any]] = []  # every result so far, per window
+        self._attempts: list[list[Any]] = []  # every result so far that the verdict weighs, per window
         self._words: dict[int, Optional[list[Word]]] = {}  # id(result) -> its window's timed words
-        self._beam_tried = False  # the final's last resort (see _keep_passing) was decoded
         self._ended_at = 0.0  # monotonic time the ended update arrived
         self._duration = 0.0
         self._speech_s = 0.0  # what the voice detector scored as speech in it
@@ -362,7 +365,7 @@ class LiveUtterance:
             self._pause = (utterance.speech_end, len(utterance.samples))
             self._offered = utterance
             request = self._request(split_windows(utterance.samples), stream, final=True,
-                                    temperature=self._settings.config.temperatures[0])
+                                    attempt=self._settings.ladder.first())
             self._speculation = _Speculation(utterance.speech_end, request)
             self.phase = Phase.SPECULATING
             return actions + [Offer(request)]  # optional: refused when inference is behind
@@ -462,7 +465,7 @@ class LiveUtterance:
         if self._pause is not None and ended.speech_end == self._pause[0]:
             heard = heard[: self._pause[1]]  # what a speculation at the pause heard (issue 15)
         windows = split_windows(heard)
-        self._begin_final(self._request(windows, stream, final=True, temperature=self._settings.config.temperatures[0]))
+        self._begin_final(self._request(windows, stream, final=True, attempt=self._settings.ladder.first()))
         return actions + [Queue(self._final)]
 
     def _speculation_stands_for(self, ended: Utterance, stream: StreamMemory) -> bool:
@@ -484,10 +487,12 @@ class LiveUtterance:
         self._results = [None] * len(first.windows)
         self._attempts = [[] for _ in first.windows]
         self._words = {}
-        self._beam_tried = False
+        doubt = self._speech_s >= DOUBT_SILENCE_AFTER_S
+        self._ladder = replace(self._settings.ladder, doubt_silence=doubt, beam_rescue=doubt)
+        self._attempt = self._ladder.first()
 
     def _final_decoded(self, outcome: DecodeOutcome, stream: StreamMemory) -> list[Action]:
-        if outcome.error is not None and self._beam_tried:
+        if outcome.error is not None and self._attempt.step == "beam":
             # the beam-search retry failed (a TensorRT engine built for fewer decoder rows):
             # judge what the temperatures gave, as without the retry
             log.warning("%s: beam-search retry of %s failed: %s", self._settings.stream, self.utterance_id, outcome.error)
@@ -525,9 +530,11 @@ class LiveUtterance:
                            self._audio_start + self._duration)
 
     def _keep_passing(self, outcome: DecodeOutcome, stream: StreamMemory) -> Optional[DecodeRequest]:
-        """Keep the results that need no fallback; returns the retry at the next temperature
-        for the others, if there is one. When every temperature fails, the gates pick the best
-        attempt (as the offline pipeline does); one that still loops is then left out of the text.
+        """Keep the results that pass the gates; returns the retry of the others (the next step of
+        the final's ``FallbackLadder``: the full encoder window after a short one, then each
+        hotter temperature, then the beam-search rescue), if there is one. When the ladder is
+        exhausted, the gates pick the best attempt (as the offline pipeline does); one that still
+        loops is then left out of the text.
 
         Beyond Whisper's rules: when the voice detector heard at least ``DOUBT_SILENCE_AFTER_S``
         of speech, a "no speech here" verdict is doubted and the window decoded again hotter,
@@ -535,43 +542,44 @@ class LiveUtterance:
         the text's likelihood does: speech that the model reads with confidence at a higher
         temperature is kept, and only what stays improbable is dropped (and counted).
         Such a window that fails at every temperature is decoded once more by beam search
-        (``RESCUE_BEAM_SIZE``, temperature 0) before it is dropped (issue 16: beam search read
-        noisy speech better than greedy). Each retry decodes the window's own audio with a fixed
-        seed, so the final still depends on its audio alone."""
-        gates = self._settings.gates
-        beam_retry = self._beam_tried
-        higher = [] if beam_retry else [t for t in self._settings.config.temperatures
-                                        if t > outcome.request.temperature]
+        (engines/fallback.py) before it is dropped. Each retry decodes the window's own audio
+        with a fixed seed, so the final still depends on its audio alone."""
+        gates, ladder, attempt = self._settings.gates, self._ladder, self._attempt
         pending = [i for i, r in enumerate(self._results) if r is None]
-        doubt_silence = self._speech_s >= DOUBT_SILENCE_AFTER_S
-        # beam as a last resort only where the ladder's first step was not already beam search
-        beam_left = doubt_silence and not beam_retry and self._settings.config.beam_size < RESCUE_BEAM_SIZE
-        retry_windows, beam_windows = [], []
         timed = outcome.words or [None] * len(outcome.results)
-        for index, result, words in zip(pending, outcome.results, timed):
+        frames = outcome.window_frames or [N_FRAMES] * len(outcome.results)
+        failed, short = [], False
+        for index, result, words, window_frames in zip(pending, outcome.results, timed, frames):
             self._attempts[index].append(result)
             self._words[id(result)] = words  # kept alive by _attempts, so the id stays its own
-            if not (gates.needs_fallback(result) or (doubt_silence and gates.is_silent(result))):
+            if not ladder.fails(result, gates):
                 self._results[index] = result
-                if len(self._attempts[index]) > 1:
-                    stream.drops["rescued_beam" if beam_retry else "rescued_hotter"] += 1
-            elif higher:
-                retry_windows.append(index)
-            elif beam_left:
-                beam_windows.append(index)
+                if attempt.step in ("hotter", "beam"):
+                    stream.drops[f"rescued_{attempt.step}"] += 1
             else:
+                failed.append(index)
+                short = short or window_frames < N_FRAMES
+        following = ladder.next_after(attempt, short) if failed else None
+        if following is None:
+            for index in failed:
                 self._results[index] = gates.best_of_failed(self._attempts[index])
-        if beam_windows:
-            self._beam_tried = True
-            log.debug("%s: %s: %d window(s) failed every temperature, retried with beam search",
-                      self._settings.stream, self.utterance_id, len(beam_windows))
-            return self._request([self._windows[i] for i in beam_windows], stream, final=True, temperature=0.0,
-                                 beam_size=RESCUE_BEAM_SIZE)
-        if not retry_windows:
             return None
-        log.debug("%s: %s: %d window(s) retried at temperature %.1f", self._settings.stream, self.utterance_id,
-                  len(retry_windows), higher[0])
-        return self._request([self._windows[i] for i in retry_windows], stream, final=True, temperature=higher[0])
+        if following.step == "full_window":
+            # the short window is the suspect: the full window's attempts alone decide, as offline
+            for index in failed:
+                for result in self._attempts[index]:
+                    self._words.pop(id(result), None)
+                self._attempts[index].clear()
+            log.debug("%s: %s: %d window(s) failed in a short encoder window, retried in the full window",
+                      self._settings.stream, self.utterance_id, len(failed))
+        elif following.step == "beam":
+            log.debug("%s: %s: %d window(s) failed every temperature, retried with beam search",
+                      self._settings.stream, self.utterance_id, len(failed))
+        else:
+            log.debug("%s: %s: %d window(s) retried at temperature %.1f", self._settings.stream, self.utterance_id,
+                      len(failed), following.temperature)
+        self._attempt = following
+        return self._request([self._windows[i] for i in failed], stream, final=True, attempt=following)
 
     def _finish(self, stream: StreamMemory, outcome: DecodeOutcome, words: list[str], kept: list[Any],
                 timings: Optional[tuple[WordTiming, ...]] = None) -> list[Action]:
@@ -594,8 +602,10 @@ class LiveUtterance:
 
     # -- shared by partials and finals -------------------------------------------------------
 
-    def _request(self, windows: list[np.ndarray], stream: StreamMemory, final: bool, temperature: float = 0.0,
-                 tag: Any = None, beam_size: Optional[int] = None) -> DecodeRequest:
+    def _request(self, windows: list[np.ndarray], stream: StreamMemory, final: bool,
+                 attempt: Optional[Attempt] = None, tag: Any = None) -> DecodeRequest:
+        """A decode of ``windows``: a final's at one step of its fallback ladder (``attempt``),
+        or a partial's (greedy, temperature 0, in the scheduler's encoder window)."""
         config = self._settings.config
         return DecodeRequest(
             key=self.utterance_id,
@@ -603,12 +613,12 @@ class LiveUtterance:
             windows=windows,
             lease=self._lease,
             on_done=self._settings.deliver,
-            temperature=temperature,
+            temperature=attempt.temperature if attempt else 0.0,
             language=None if config.language == "auto" else config.language,
             task=config.task,
             prompt=build_prompt(config, stream.previous_text),
-            # partials stay greedy; beam_size: the final's beam-search retry
-            beam_size=beam_size or (config.beam_size if final and temperature == 0 else 1),
+            beam_size=attempt.beam_size if attempt else 1,
+            encoder_window=attempt.window if attempt else None,
             word_timestamps=final and config.word_timestamps,
             tag=tag,
         )
@@ -669,7 +679,10 @@ class StreamTranscriber:
         self._engines = engines
         self._emit = emit
         gates = QualityGates(config.compression_ratio_threshold, config.log_prob_threshold, config.no_speech_threshold)
-        self._settings = _Settings(stream, config, gates, self._deliver, chinese_script.converter(config.chinese_script))
+        # the first attempt goes in the scheduler's window; a retry may ask for the full one
+        ladder = FallbackLadder(tuple(config.temperatures), config.beam_size, scheduler.encoder_window)
+        self._settings = _Settings(stream, config, gates, ladder, self._deliver,
+                                   chinese_script.converter(config.chinese_script))
         self._lock = threading.Lock()
         self._open: dict[str, LiveUtterance] = {}
         self._memory = StreamMemory()

@@ -18,6 +18,7 @@ import numpy as np
 from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio
 from edgescribe.engines.decoding import DecodingOptions, DecodingResult, decode
 from edgescribe.engines.encoder_window import EncoderWindow
+from edgescribe.engines.fallback import Attempt, FallbackLadder
 from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.quality_gates import QualityGates
 from edgescribe.engines.tokenizer import TIME_PRECISION
@@ -127,7 +128,9 @@ class _SeekLoop:
         seek = 0
         windows = 0
         last_speech = 0.0  # where the last timed segment ended (word timing)
+        # A recording that fits one window may be encoded in a shorter one; the seek loop needs 30 s.
         window_mode = options.encoder_window if content_frames <= N_FRAMES else "full"
+        ladder = FallbackLadder(tuple(options.temperatures), options.beam_size, window_mode)
         # every window moves seek forward by >= 1 frame, so this bound is never the one that ends the loop
         while seek < content_frames and windows <= content_frames:
             size = min(N_FRAMES, content_frames - seek)
@@ -136,7 +139,7 @@ class _SeekLoop:
                 seek += size
                 continue
             windows += 1
-            result = self._decode_in_window(mel[:, seek : seek + size], window_mode, language, history[prompt_start:])
+            result = self._decode_in_window(mel[:, seek : seek + size], ladder, language, history[prompt_start:])
             if language is None:
                 language = result.language
                 language_probability = (result.language_probs or {}).get(language)
@@ -164,12 +167,12 @@ class _SeekLoop:
             full_window_retries=self.full_window_retries,
         )
 
-    def _decoding_options(self, language: str | None, prompt: list[int], temperature: float) -> DecodingOptions:
+    def _decoding_options(self, language: str | None, prompt: list[int], attempt: Attempt) -> DecodingOptions:
         o = self.options
         return DecodingOptions(
             task=o.task,
             language=language,
-            temperature=temperature,
+            temperature=attempt.temperature,
             sample_len=o.sample_len,
             prompt=tuple(prompt),
             without_timestamps=o.without_timestamps,
@@ -177,52 +180,45 @@ class _SeekLoop:
             suppress_tokens=o.suppress_tokens,
             max_initial_timestamp=o.max_initial_timestamp,
             seed=o.seed,
-            # as openai-whisper: beam search at temperature 0, sampling (best_of) above it
-            beam_size=o.beam_size if temperature == 0 else 1,
+            beam_size=attempt.beam_size,  # sampling (best_of) above temperature 0
             patience=o.patience,
             length_penalty=o.length_penalty,
         )
 
-    def _decode_in_window(self, mel: np.ndarray, mode: EncoderWindow, language: str | None, prompt: list[int]) -> DecodingResult:
-        """Decode ``mel`` [n_mels, <= 3000 frames] in the window ``mode`` gives it.
-
-        A short window saves work and must not change verdicts: when its first decode fails
-        the quality checks, the short window is the suspect, so the audio is decoded again in
-        the full window (and falls back to hotter temperatures there) before any hotter try.
-        """
-        window = self.model.encoder_window(mel, mode)[None]
-        if window.shape[-1] < N_FRAMES:
-            self.encoded = self.model.runner.encode(window)
-            result = decode(self.model, window, self._decoding_options(language, prompt, self.options.temperatures[0]),
-                            encoded=self.encoded)[0]
-            if not self.gates.needs_fallback(result):
-                return result
-            self.full_window_retries += 1
-            window = self.model.encoder_window(mel, "full")[None]
-        return self._decode_with_fallback(window, language, prompt)
-
-    def _decode_with_fallback(self, window: np.ndarray, language: str | None, prompt: list[int]) -> DecodingResult:
-        """Decode at the lowest temperature whose result passes the quality checks."""
+    def _decode_in_window(self, mel: np.ndarray, ladder: FallbackLadder, language: str | None,
+                          prompt: list[int]) -> DecodingResult:
+        """Decode ``mel`` [n_mels, <= 3000 frames] along the fallback ladder (engines/fallback.py)
+        until a result passes the quality checks; when none does, the best of those tried."""
         o = self.options
-        self.encoded = encoded = self.model.runner.encode(window)
-        attempts: list[DecodingResult] = []
-        for number, temperature in enumerate(o.temperatures):
-            option = self._decoding_options(language, prompt, temperature)
-            if temperature > 0 and o.best_of > 1:
+        attempt: Attempt | None = ladder.first()
+        window: np.ndarray | None = None
+        tried: list[DecodingResult] = []  # the attempts whose verdict counts
+        asked = language
+        while attempt is not None:
+            chosen = self.model.encoder_window(mel, attempt.window)[None]
+            if window is None or chosen.shape != window.shape:
+                window = chosen
+                self.encoded = self.model.runner.encode(window)
+            option = self._decoding_options(asked, prompt, attempt)
+            if attempt.temperature > 0 and o.best_of > 1:
                 # several samples of the same window in one batch; keep the likeliest
                 candidates = decode(self.model, np.repeat(window, o.best_of, axis=0),
                                     [replace(option, seed=None if o.seed is None else o.seed + i) for i in range(o.best_of)])
                 result = max(candidates, key=lambda r: r.avg_logprob)
             else:
-                result = decode(self.model, window, option, encoded=encoded)[0]
-            if language is None:
-                language = result.language  # detected once; fallbacks keep it
-            attempts.append(result)
-            if number > 0:
+                result = decode(self.model, window, option, encoded=self.encoded)[0]
+            if attempt.step == "hotter":
                 self.fallbacks += 1
-            if not self.gates.needs_fallback(result):
+            if not ladder.fails(result, self.gates):
                 return result
-        best = replace(self.gates.best_of_failed(attempts), temperature=o.temperatures[-1])
+            attempt = ladder.next_after(attempt, short=window.shape[-1] < N_FRAMES)
+            if attempt is not None and attempt.step == "full_window":
+                self.full_window_retries += 1
+                continue  # the short window is the suspect: its result neither counts nor sets the language
+            tried.append(result)
+            if asked is None:
+                asked = result.language  # detected once; fallbacks keep it
+        best = replace(self.gates.best_of_failed(tried), temperature=o.temperatures[-1])
         if o.drop_failed_windows and self.gates.is_unlikely(best):
             log.debug("every temperature failed (best avg logprob %.2f): treating the window as noise", best.avg_logprob)
             return replace(best, tokens=[], text="", spans=[])

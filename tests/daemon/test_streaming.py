@@ -33,7 +33,7 @@ from edgescribe.daemon.streaming import (
     strip_repeated_prefix,
 )
 from edgescribe.daemon.vad import SileroVad
-from edgescribe.engines.audio import load_audio
+from edgescribe.engines.audio import N_FRAMES, load_audio
 from edgescribe.engines.decoding import compression_ratio, decode
 from edgescribe.engines.word_timing import Word
 from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
@@ -374,6 +374,23 @@ def test_a_likely_silent_result_at_the_log_probability_threshold_is_dropped_and_
     assert events.finals() == []  # and it is silence, not text
 
 
+def _live_final(corpus, tiny_en_model, decode_with, speech_s=0.0, encoder_window="full"):
+    """One ended utterance of 2 s (``speech_s`` of it heard by the voice detector) through a real
+    scheduler whose decodes go through ``decode_with``: the events and the stream's drop counts."""
+    scheduler = InferenceScheduler(decode=decode_with, encoder_window=encoder_window)
+    scheduler.start()
+    events = Collected()
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(partials=False), scheduler, engines_for(tiny_en_model),
+                                    events)
+    try:
+        audio = load_audio_file(corpus, "ls_1089-134691-0000")
+        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, audio, True, speech_s=speech_s))
+        assert scheduler.wait_idle(180)
+    finally:
+        scheduler.stop()
+    return events, transcriber.drop_counts()
+
+
 def _silent_when_cold(seen):
     """A real decode made to look like silence (no-speech 0.9) that only a hotter decode
     reads with confidence, as Whisper does with a quiet talker on a loud floor."""
@@ -393,18 +410,7 @@ def test_speech_the_detector_heard_is_decoded_hotter_before_it_is_dropped_as_sil
     """Several seconds of detected speech outweigh one cold "no speech" verdict (issue: a whole
     15-s sentence in factory noise vanished); a short burst keeps Whisper's rule."""
     seen = []
-    config = TranscriptionConfig(partials=False)
-    scheduler = InferenceScheduler(decode=_silent_when_cold(seen))
-    scheduler.start()
-    events = Collected()
-    transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_en_model), events)
-    try:
-        audio = load_audio_file(corpus, "ls_1089-134691-0000")
-        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, audio, True, speech_s=speech_s))
-        assert scheduler.wait_idle(120)
-    finally:
-        scheduler.stop()
-    drops = transcriber.drop_counts()
+    events, drops = _live_final(corpus, tiny_en_model, _silent_when_cold(seen), speech_s)
     if speech_s >= 2.0:
         assert seen == [0.0, 0.2]
         (final,) = events.finals()
@@ -437,17 +443,7 @@ def test_speech_that_fails_every_temperature_gets_one_beam_search_before_it_is_d
     seen = []
     config = TranscriptionConfig(partials=False)
     assert config.beam_size == 1
-    scheduler = InferenceScheduler(decode=_silent_unless_beam(seen))
-    scheduler.start()
-    events = Collected()
-    transcriber = StreamTranscriber("mic", config, scheduler, engines_for(tiny_en_model), events)
-    try:
-        audio = load_audio_file(corpus, "ls_1089-134691-0000")
-        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, audio, True, speech_s=speech_s))
-        assert scheduler.wait_idle(180)
-    finally:
-        scheduler.stop()
-    drops = transcriber.drop_counts()
+    events, drops = _live_final(corpus, tiny_en_model, _silent_unless_beam(seen), speech_s)
     if speech_s >= 2.0:
         assert seen == [(t, 1) for t in config.temperatures] + [(0.0, 5)]
         (final,) = events.finals()
@@ -456,6 +452,43 @@ def test_speech_that_fails_every_temperature_gets_one_beam_search_before_it_is_d
     else:
         assert seen == [(0.0, 1)] and events.finals() == []
         assert (drops.rescued_beam, drops.no_speech, drops.empty_finals) == (0, 1, 1)
+
+
+def _looping_when_short(seen, cold_full_loops):
+    """A real decode whose result is replaced by a repetition loop in a short encoder window
+    (and, with ``cold_full_loops``, at temperature 0 in the full window too)."""
+
+    def decode_short_loops(model, mel, options):
+        out = []
+        for option, result in zip(options, decode(model, mel, options)):
+            frames = mel.shape[-1]
+            seen.append((frames, option.temperature))
+            if frames < N_FRAMES or (cold_full_loops and option.temperature == 0.0):
+                text = " the line is down" * 20
+                result = dataclasses.replace(result, text=text, compression_ratio=compression_ratio(text))
+            out.append(result)
+        return out
+
+    return decode_short_loops
+
+
+@pytest.mark.parametrize("cold_full_loops", [False, True])
+def test_a_final_that_fails_in_a_short_window_is_decoded_again_in_the_full_window_before_any_hotter_one(
+        corpus, tiny_en_model, cold_full_loops):
+    """The short window is the suspect (engines/fallback.py): the same temperature in the full
+    window first, and the hotter ones there only if that fails as well."""
+    seen = []
+    events, drops = _live_final(corpus, tiny_en_model, _looping_when_short(seen, cold_full_loops),
+                                encoder_window="adaptive")
+    (final,) = events.finals()
+    assert "longer" in final.text.lower() and "line is down" not in final.text
+    if not cold_full_loops:
+        assert seen == [(1000, 0.0), (N_FRAMES, 0.0)]
+        assert final.confidence.temperature == 0.0 and drops.rescued_hotter == 0
+    else:
+        assert seen == [(1000, 0.0), (N_FRAMES, 0.0), (N_FRAMES, 0.2)]
+        assert final.confidence.temperature == 0.2 and drops.rescued_hotter == 1
+    assert (drops.compression_ratio, drops.no_speech, drops.empty_finals, drops.rescued_beam) == (0, 0, 0, 0)
 
 
 def test_a_burst_shorter_than_the_segmenters_min_speech_is_never_decoded(corpus, tiny_en_model):
