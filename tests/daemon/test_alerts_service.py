@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from edgescribe.daemon.chinese_script import converter
-from tests.fixtures.daemon import start_daemon, wait_for_log, write_config
+from tests.fixtures.daemon import finals, start_daemon, wait_for_log, write_config
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 from tests.fixtures.mosquitto import Subscriber, free_port, mosquitto, validate_payload  # noqa: F401
 from tests.fixtures.scoring import cer, read_transcripts
@@ -160,3 +160,61 @@ def test_chinese_in_the_plant_script_in_finals_and_alerts(tmp_path, mosquitto, b
     alerts = check_alerts(messages)
     # the phrase is written in simplified characters and matched in the plant's script
     assert alerts[("welcome", "confirmed")]["matched_text"] == "大家來體驗", alerts
+
+
+# 13.3 s, two sentences: "if called to a case supposed or suspected to be one of poisoning the
+# medical man ...". tiny.en's partials of the first hear "If college or case, suppose" from
+# 2.3 s of its audio on, so those words turn stable in the second of them (3.3 s); its final
+# hears "If culture is supposed as a spectacle ...": "college" goes out early and is retracted.
+POISONING = CORPUS / "en" / "ls_1998-15444-0000.wav"
+# tolerance 0: exact words. Hotwords off: given to Whisper as a hotword, "college" makes the
+# final write it too, and the alert is confirmed.
+COLLEGE = """alerts:
+  hotwords: false
+  rules:
+    - name: college
+      phrases: [college]
+      tolerance: 0
+"""
+
+
+def test_an_early_alert_the_final_does_not_bear_out_is_retracted(tmp_path, mosquitto, tiny_en_package):
+    subscriber = Subscriber(mosquitto.port, ["edgescribe/test-press/#"]).connect()
+    config = write_config(tmp_path / "config.yaml", tiny_en_package.dir, mosquitto.port, tmp_path / "state", POISONING,
+                          speed=1.0, extra=COLLEGE)
+    daemon = start_daemon(config)
+    try:
+        subscriber.wait_for(lambda m: ("college", "retracted") in {(p["alert"], p["state"]) for p in alerts_of(m)},
+                            timeout=90)
+        # the health snapshot after the retraction
+        subscriber.wait_for(lambda m: any(x.json()["alerts"]["college"]["retracted"] for x in m
+                                          if x.topic.endswith("/health")), timeout=10)
+        assert daemon.poll() is None, daemon.communicate()[1]
+        daemon.send_signal(signal.SIGTERM)
+        _, stderr = daemon.communicate(timeout=60)
+    finally:
+        daemon.kill()
+    assert daemon.returncode == 0, stderr
+    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
+    subscriber.disconnect()
+    alerts = check_alerts(messages)
+    assert set(alerts) == {("college", "early"), ("college", "retracted")}, sorted(alerts)
+    early, retracted = alerts[("college", "early")], alerts[("college", "retracted")]
+    utterance = early["utterance_id"]
+    assert retracted["utterance_id"] == utterance and early["matched_text"].lower() == "college"
+    # a retraction repeats its early alert's words and times
+    for key in ("phrase", "matched_text", "distance", "start", "end", "audio_start", "audio_end"):
+        assert retracted[key] == early[key], (key, early, retracted)
+    # early from the first partial whose stable text has the word; retracted by the final, which lacks it
+    stable, carrying = "", []
+    for partial in (m.json() for m in messages if m.topic.endswith("/partial")):
+        if partial["utterance_id"] == utterance:
+            stable = stable[: partial["stable_offset"]] + partial["stable_append"]
+            if "college" in stable.lower():
+                carrying.append(partial["sequence"])
+    assert carrying and early["transcript_sequence"] == carrying[0], (carrying, early)
+    final = next(p for p in finals(messages) if p["utterance_id"] == utterance)
+    assert "college" not in final["text"].lower() and retracted["transcript_sequence"] == final["sequence"], final
+    health = [m.json() for m in messages if m.topic.endswith("/health")][-1]
+    validate_payload(health, "health")
+    assert health["alerts"]["college"] == {"early": 1, "confirmed": 0, "retracted": 1}, health["alerts"]
