@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
-from edgescribe.engines.errors import BackendUnavailableError
+from edgescribe.engines.errors import BackendUnavailableError, ModelPackageError
 from edgescribe.engines.host_aligner import HostAligner
 from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.onnx_runner import OnnxRunner
@@ -20,6 +20,7 @@ from edgescribe.engines.runtime import Runner
 from edgescribe.engines.tensorrt import seam
 from edgescribe.engines.tensorrt.builder import build_hint
 from edgescribe.engines.tensorrt.engine_cache import (
+    ALIGNER,
     DEVICE_AND_MODEL_FIELDS,
     EngineBuildError,
     EngineCache,
@@ -90,10 +91,32 @@ def _tensorrt_runner(package: ModelPackage, engine_dir, load_tensorrt, system_ro
     status = cache.status(keys, only=DEVICE_AND_MODEL_FIELDS)
     if not status.ok:
         raise BackendUnavailableError(f"{status.reason}; {build_hint(package.dir, engine_dir)}")
+    aligner_engine = _has_aligner(package) and _aligner_engine_ok(package, cache, facts, engine_dir)
     try:
-        runner = TensorRTRunner.from_cache(trt, cache, package.dims)
-        runner.aligner = HostAligner(package)
+        runner = TensorRTRunner.from_cache(trt, cache, package.dims, aligner=aligner_engine)
     except EngineBuildError as error:
         raise BackendUnavailableError(str(error)) from None
+    if not aligner_engine:
+        # for a package without an aligner graph it raises the package's own one-line reason
+        runner.host_aligner = HostAligner(package)
     precision = "/".join(cache.precision_of(graph) for graph in ("encoder", "decoder"))
     return runner, f"validated {precision} engines in {cache.dir} for {facts.describe()}"
+
+
+def _has_aligner(package: ModelPackage) -> bool:
+    try:
+        package.aligner_path()
+    except ModelPackageError:
+        return False
+    return True
+
+
+def _aligner_engine_ok(package: ModelPackage, cache: EngineCache, facts, engine_dir) -> bool:
+    """Whether the validated engine set has an aligner engine; if not (engines built before the
+    aligner had one), say that word timing runs on the CPU over a host copy of the cross K/V."""
+    keys = engine_keys(model_sha256(package.dir), facts, graphs=(ALIGNER,))
+    status = cache.status(keys, only=DEVICE_AND_MODEL_FIELDS)
+    if not status.ok:
+        log.info("word timing: no aligner engine (%s), so words are aligned by ONNX Runtime over a host copy of "
+                 "the cross K/V; to align on the GPU, %s", status.reason, build_hint(package.dir, engine_dir))
+    return status.ok

@@ -9,7 +9,9 @@ not end in end-of-text live on, and those that do are kept as finished candidate
 sequences with ``Runner.reorder``. The winner is the finished sequence with the best
 summed log-probability divided by its length (openai-whisper's MaximumLikelihoodRanker; with
 ``length_penalty`` the divisor is ``((5 + length) / 6) ** length_penalty``). With k = 1
-this is greedy decoding, token for token.
+this is greedy decoding, token for token. Each row also carries its tokens' log-probabilities
+(the step's log-softmax after the filters, as greedy decoding reports them), which follow the
+sequence from row to row, so the winner's words get probabilities too.
 
 The decoder objects handed in run the prompt, filter logits and build the result
 (``engines.decoding`` builds them over one set of options per row); this module imports
@@ -62,7 +64,18 @@ class RowDecoder(Protocol):
 
     def filter_logits(self, logits: np.ndarray, b: int, sampled: list[int], generated: int) -> None: ...
 
-    def result(self, b, sampled, sum_logprob, language, language_probs, no_speech_prob, limit_hit) -> Any: ...
+    def result(self, b, sampled, sum_logprob, language, language_probs, no_speech_prob, limit_hit,
+               token_logprobs) -> Any: ...
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """How a finished sequence scored: summed log-probability (end-of-text included), each
+    token's log-probability (0 for the forced prefix), whether it stopped at the length limit."""
+
+    score: float
+    token_logprobs: tuple[float, ...]
+    limit_hit: bool
 
 
 @dataclass
@@ -74,8 +87,8 @@ class _Window:
     max_finished: int
     budget: int  # most tokens to generate
     done: bool = False
-    # finished sequence (tokens from the prefix on, without end-of-text) -> (sum logprob, hit length limit)
-    finished: dict[tuple[int, ...], tuple[float, bool]] = field(default_factory=dict)
+    # finished sequence (tokens from the prefix on, without end-of-text) -> its ending
+    finished: dict[tuple[int, ...], "_Ending"] = field(default_factory=dict)
 
     @property
     def rows(self) -> range:
@@ -135,6 +148,8 @@ class _BeamSearch:
         cache, offsets, logits, sampled = prompt.cache, prompt.offsets, prompt.logits, prompt.sampled
         forced = [len(s) for s in sampled]  # the prefix: not generated, not counted in lengths
         sum_logprobs = np.zeros(rows, np.float64)
+        # each row's tokens' log-probabilities, as greedy decoding reports them (word probabilities)
+        token_logprobs = [[0.0] * len(s) for s in sampled]
         live = np.ones(rows, bool)
 
         for _step in range(max(w.budget for w in self.windows)):
@@ -146,10 +161,12 @@ class _BeamSearch:
             tokens = np.full(rows, special.eot, np.int64)
             for window in self.windows:
                 if not window.done:
-                    self._advance(window, logprobs, sampled, forced, sum_logprobs, sources, tokens, offsets)
+                    self._advance(window, logprobs, sampled, token_logprobs, forced, sum_logprobs, sources, tokens, offsets)
             # rows of windows that ran this step (some may have ended with it) take their sequences
             sampled = [list(sampled[s]) + [int(t)] if live[r] else sampled[r]
                        for r, (s, t) in enumerate(zip(sources, tokens))]
+            token_logprobs = [token_logprobs[s] + [float(logprobs[s, t])] if live[r] else token_logprobs[r]
+                              for r, (s, t) in enumerate(zip(sources, tokens))]
             for window in self.windows:
                 if window.done:
                     live[window.rows] = False
@@ -163,14 +180,15 @@ class _BeamSearch:
 
         results = []
         for window in self.windows:
-            self._finalize(window, sampled, sum_logprobs)
-            tokens, (score, limit_hit) = self._best(window, forced[window.first])
+            self._finalize(window, sampled, token_logprobs, sum_logprobs)
+            tokens, ending = self._best(window, forced[window.first])
             b = window.first
-            results.append(decoder.result(b, list(tokens), score, prompt.languages[b], prompt.language_probs[b],
-                                          float(prompt.no_speech[b]), limit_hit))
+            results.append(decoder.result(b, list(tokens), ending.score, prompt.languages[b], prompt.language_probs[b],
+                                          float(prompt.no_speech[b]), ending.limit_hit, list(ending.token_logprobs)))
         return results
 
-    def _advance(self, window: _Window, logprobs, sampled, forced, sum_logprobs, sources, tokens, offsets) -> None:
+    def _advance(self, window: _Window, logprobs, sampled, token_logprobs, forced, sum_logprobs, sources, tokens,
+                 offsets) -> None:
         """One step of one window: choose its next k sequences (writing their source rows,
         tokens and scores into the batch arrays), collect those that ended."""
         k = window.size
@@ -186,10 +204,12 @@ class _BeamSearch:
                 scores[sequence] = float(sum_logprobs[r] + row[token])
                 origin[sequence] = r
         kept = 0
-        newly_finished: list[tuple[tuple[int, ...], float]] = []
+        newly_finished: list[tuple[tuple[int, ...], _Ending]] = []
         for sequence in sorted(scores, key=scores.get, reverse=True):
             if sequence[-1] == self.special.eot:
-                newly_finished.append((sequence[:-1], scores[sequence]))
+                # end-of-text counts in the score, not among the tokens (as in greedy decoding)
+                ending = _Ending(scores[sequence], tuple(token_logprobs[origin[sequence]]), False)
+                newly_finished.append((sequence[:-1], ending))
                 continue
             row = window.first + kept
             sources[row] = origin[sequence]
@@ -198,10 +218,10 @@ class _BeamSearch:
             kept += 1
             if kept == k:
                 break
-        for sequence, score in newly_finished:
+        for sequence, ending in newly_finished:
             if len(window.finished) >= window.max_finished:
                 break
-            window.finished[sequence] = (score, False)
+            window.finished[sequence] = ending
         first = window.first
         generated = len(sampled[first]) + 1 - forced[first]
         window.done = (
@@ -210,21 +230,22 @@ class _BeamSearch:
             or offsets[first] + 1 >= self.decoder.n_ctx
         )
 
-    def _finalize(self, window: _Window, sampled, sum_logprobs) -> None:
+    def _finalize(self, window: _Window, sampled, token_logprobs, sum_logprobs) -> None:
         """Too few finished sequences (the length limit): the best live beams stand in."""
         if len(window.finished) >= window.size:
             return
         for r in sorted(window.rows, key=lambda r: -sum_logprobs[r]):
-            window.finished.setdefault(tuple(sampled[r]), (float(sum_logprobs[r]), True))
+            window.finished.setdefault(tuple(sampled[r]), _Ending(float(sum_logprobs[r]), tuple(token_logprobs[r]), True))
             if len(window.finished) >= window.size:
                 break
 
-    def _best(self, window: _Window, forced: int) -> tuple[tuple[int, ...], tuple[float, bool]]:
+    def _best(self, window: _Window, forced: int) -> tuple[tuple[int, ...], _Ending]:
         """The finished sequence with the best length-normalised summed log-probability."""
         penalty = self.decoder.options[window.first].length_penalty
 
         def normalised(item):
-            tokens, (score, _) = item
+            tokens, ending = item
+            score = ending.score
             length = max(len(tokens) - forced, 1)
             return score / (length if penalty is None else ((5 + length) / 6) ** penalty)
 

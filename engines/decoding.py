@@ -87,7 +87,7 @@ class DecodingResult:
     complete: bool = True
     hit_length_limit: bool = False
     # log-probability of each of ``tokens`` as decoded (0 for the forced prefix), for word
-    # probabilities (engines/word_timing.py); empty from beam search, which does not track them
+    # probabilities (engines/word_timing.py); beam search reports those of the winning sequence
     token_logprobs: list[float] = field(default_factory=list)
 
 

@@ -1,8 +1,8 @@
 """The aligner graph (engines/alignment_export.py) on ONNX Runtime, on the host.
 
-Used by OnnxRunner and, until the aligner has a TensorRT engine of its own, by the TensorRT
-runner over a host copy of its cross-attention K/V (one copy per timed window, not per token).
-The session loads on first use: most callers never time words.
+Used by OnnxRunner and, for engine sets built before the aligner had a TensorRT engine of its
+own, by the TensorRT runner over a host copy of its cross-attention K/V (one copy per timed
+window, not per token). The session loads on first use: most callers never time words.
 """
 
 from __future__ import annotations

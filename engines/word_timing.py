@@ -40,7 +40,7 @@ class Word:
     word: str  # with its leading space, as the tokenizer spells it
     start: float
     end: float
-    probability: float | None  # None when the decoder kept no token log-probabilities (beam search)
+    probability: float | None  # None when the caller passed no token log-probabilities
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, Mapping, Optional, Sequence
 from edgescribe.engines.errors import EdgescribeError
 from edgescribe.engines.encoder_window import WINDOW_FRAMES
 from edgescribe.engines.runtime import KV_TENSORS, layer_input
-from edgescribe.engines.tensorrt.engine_cache import GRAPHS, EngineBuildError, EngineCache, EngineKey, engine_keys
+from edgescribe.engines.tensorrt.engine_cache import ALIGNER, EngineBuildError, EngineCache, EngineKey, engine_keys
 from edgescribe.engines.tensorrt.platform import DeviceFacts
 from edgescribe.engines.tensorrt.seam import NetworkRecipe, Shape
 
@@ -28,8 +28,11 @@ log = logging.getLogger(__name__)
 FP32_LAYER_TYPES = ("NORMALIZATION", "SOFTMAX", "REDUCE")
 # Tensors that only ever live on the device: fp16 halves the K/V cache's memory and bandwidth.
 # mel in and logits out stay fp32 (the host converts nothing, and greedy picks see full precision).
-# The decoder's per-layer K/V inputs (self_k.0, ...) are added by ``half_io``.
+# The decoder's per-layer K/V inputs (self_k.0, ...) are added by ``half_io``; the aligner reads
+# the same per-layer cross K/V inputs from the encoder's buffers, and returns fp32 scores.
 HALF_IO = ("cross_k", "cross_v", "new_k", "new_v")
+# The aligner's opt point: a short utterance's tokens (its max is the text context).
+ALIGNER_OPT_TOKENS = 64
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,14 @@ class KVInput:
 def kv_inputs(layers: int) -> list[KVInput]:
     """The decoder's K/V inputs, one per tensor and layer."""
     return [KVInput(layer_input(name, layer), name, layer) for name in KV_TENSORS for layer in range(layers)]
+
+
+def aligner_kv_inputs(alignment_heads: Sequence[tuple[int, int]]) -> list[str]:
+    """The cross K/V inputs of the aligner graph, as engines/alignment_export.py's
+    ``aligner_inputs`` names them (not imported: that module pulls in onnx, which the daemon
+    never needs; tests/engines/test_tensorrt_builder.py checks the two agree)."""
+    top = max(layer for layer, _ in alignment_heads)
+    return [layer_input("cross_k", i) for i in range(top + 1)] + [layer_input("cross_v", i) for i in range(top)]
 
 
 def half_io(dims) -> tuple[str, ...]:
@@ -78,9 +89,15 @@ class ValidationOutcome:
 Validator = Callable[[], ValidationOutcome]
 
 
-def profiles(dims, options: BuildOptions) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
+def profiles(dims, options: BuildOptions, alignment_heads: Optional[Sequence[tuple[int, int]]] = None,
+             ) -> dict[str, dict[str, tuple[Shape, Shape, Shape]]]:
     """(min, opt, max) shapes per graph input: batch 1..max_batch, tokens 1..max_prompt_tokens,
     encoder windows from the shortest of engines/encoder_window.py up to 30 s.
+
+    With ``alignment_heads`` (the package has an aligner graph) the aligner gets a profile too:
+    batch 1 (word timing aligns one window at a time), the whole token sequence of a window
+    (1..n_text_ctx, the decoder's positions) and the cross K/V of the same window range as
+    the decoder's, whose buffers it reads.
 
     The opt point is batch 1, one token and the shortest window: one active speaker saying a
     short sentence, decoding token by token, is the common case, and it is the per-token step
@@ -107,20 +124,30 @@ def profiles(dims, options: BuildOptions) -> dict[str, dict[str, tuple[Shape, Sh
 
     decoder = {"tokens": ((1, 1), (1, 1), (hi, n)), "offset": batched(lambda b: (b,))}
     decoder |= {kv.tensor: kv_shape(kv) for kv in kv_inputs(dims.n_text_layer)}
-    return {"encoder": {"mel": windows(lambda b, frames: (b, dims.n_mels, frames), per_frame=1)}, "decoder": decoder}
+    shapes = {"encoder": {"mel": windows(lambda b, frames: (b, dims.n_mels, frames), per_frame=1)}, "decoder": decoder}
+    if alignment_heads:
+        one_window = shortest // 2, full // 2
+        cross = ((1, one_window[0], state), (1, one_window[0], state), (1, one_window[1], state))
+        aligner = {"tokens": ((1, 1), (1, min(ALIGNER_OPT_TOKENS, ctx)), (1, ctx))}
+        shapes[ALIGNER] = aligner | {name: cross for name in aligner_kv_inputs(alignment_heads)}
+    return shapes
 
 
-def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, dims) -> dict[str, EngineKey]:
-    return engine_keys(model_sha256, facts, options.precision, profiles(dims, options))
+def expected_keys(model_sha256: str, facts: DeviceFacts, options: BuildOptions, dims,
+                  alignment_heads: Optional[Sequence[tuple[int, int]]] = None) -> dict[str, EngineKey]:
+    """The keys of every engine to build: encoder, decoder and, with ``alignment_heads``, the aligner."""
+    return engine_keys(model_sha256, facts, options.precision, profiles(dims, options, alignment_heads))
 
 
-def recipe(onnx_path, graph: str, dims, options: BuildOptions, precision: str) -> NetworkRecipe:
+def recipe(onnx_path, graph: str, dims, options: BuildOptions, precision: str,
+           alignment_heads: Optional[Sequence[tuple[int, int]]] = None) -> NetworkRecipe:
     """``precision`` is this graph's compute precision; K/V I/O follows the *requested* one,
-    so an encoder built fp16 and a decoder that fell back to fp32 still exchange fp16 K/V."""
+    so an encoder built fp16 and a decoder (or aligner) that fell back to fp32 still exchange
+    fp16 K/V."""
     half = options.precision == "fp16"
     return NetworkRecipe(
         onnx_path=onnx_path,
-        profile=profiles(dims, options)[graph],
+        profile=profiles(dims, options, alignment_heads)[graph],
         fp16=precision == "fp16",
         fp32_layer_types=FP32_LAYER_TYPES if precision == "fp16" else (),
         half_io=half_io(dims) if half else (),
@@ -172,7 +199,13 @@ def format_seconds(seconds: float) -> str:
 
 
 class EngineBuilder:
-    """Reuse, or build once, load, validate and mark good the engines of one package."""
+    """Reuse, or build once, load, validate and mark good the engines of one package.
+
+    ``keys`` names the engines (encoder, decoder and the aligner when the package has one).
+    When the set as a whole is not current, only the engines that are not current on their own
+    are rebuilt (an engine set from before the aligner had an engine gains just the aligner),
+    and then the whole set is loaded, validated and marked good again.
+    """
 
     def __init__(
         self,
@@ -186,6 +219,7 @@ class EngineBuilder:
         self.cache = cache
         self.trt = trt
         self.keys = dict(keys)
+        self.graphs = tuple(self.keys)
         self.recipes = recipes  # (graph, compute precision) -> recipe
         self.validate = validate
         self.tick_interval = tick_interval
@@ -193,23 +227,28 @@ class EngineBuilder:
     def ensure(self, force: bool = False) -> bool:
         """Make the engines current. Returns True when something was built, False when up to date."""
         self.cache.prepare()
+        graphs = self.graphs
         if force:
             reason = "rebuild forced (--force)"
         else:
             status = self.cache.status(self.keys)
-            reason = status.reason if not status.ok else self._load_problem()
+            if status.ok:
+                reason = self._load_problem()
+            else:
+                reason = status.reason
+                graphs = tuple(g for g in self.graphs if not self.cache.status({g: self.keys[g]}).ok) or self.graphs
             if reason is None:
                 log.info("TensorRT engines in %s are up to date; nothing to build", self.cache.dir)
                 return False
-        log.info("building TensorRT engines: %s", reason)
+        log.info("building TensorRT engines (%s): %s", ", ".join(graphs), reason)
 
         requested = self.keys["encoder"].precision
-        self._build_and_load(GRAPHS, requested)
+        self._build_and_load(graphs, requested)
         outcome = self._validated()
-        # Each graph falls back to fp32 at most once, so this runs at most twice.
-        still_fp16 = set(GRAPHS) if requested == "fp16" else set()
+        # Each graph falls back to fp32 at most once, so this loop ends.
+        still_fp16 = {g for g in self.graphs if self.cache.precision_of(g) == "fp16"}
         while not outcome.passed and outcome.blamed & still_fp16:
-            graphs = [g for g in GRAPHS if g in outcome.blamed & still_fp16]
+            graphs = [g for g in self.graphs if g in outcome.blamed & still_fp16]
             log.warning("fp16 %s drifts past tolerance; rebuilding it in fp32", " and ".join(graphs))
             self._build_and_load(graphs, "fp32")
             still_fp16 -= set(graphs)
@@ -220,7 +259,7 @@ class EngineBuilder:
                 f"TensorRT engines in {self.cache.dir} disagree with ONNX Runtime: {'; '.join(failed)} "
                 "(the engines are kept unmarked; the daemon will use ONNX Runtime)"
             )
-        self.cache.mark_good(GRAPHS, outcome.lines)
+        self.cache.mark_good(self.graphs, outcome.lines)
         log.info("TensorRT engines in %s validated and marked good", self.cache.dir)
         return True
 
@@ -249,7 +288,7 @@ class EngineBuilder:
             )
 
     def _load_problem(self) -> Optional[str]:
-        for graph in GRAPHS:
+        for graph in self.graphs:
             try:
                 self.trt.deserialize(self.cache.load_plan(graph))
             except Exception as error:  # noqa: BLE001 (see _build)

@@ -4,6 +4,7 @@ Layout of one model's engines (``ENGINE_DIR/<package name>/``)::
 
     encoder.engine  encoder.engine.json     serialised engine + sidecar (key, sha256, build time)
     decoder.engine  decoder.engine.json
+    aligner.engine  aligner.engine.json     word timing; when the package has an aligner graph
     validated.json                          the "good" mark: written only after validation passed
 
 An engine is trusted only when its sidecar's key equals the key expected now, the engine's
@@ -34,7 +35,10 @@ log = logging.getLogger(__name__)
 
 # Bump when the layout, the key or the engines' I/O contract changes: every old engine is rebuilt.
 CACHE_FORMAT_VERSION = 1
+# Every engine set has these; ALIGNER only when the package has an aligner graph (and sets built
+# before the aligner had an engine lack it: the TensorRT runner then aligns on the host).
 GRAPHS = ("encoder", "decoder")
+ALIGNER = "aligner"
 # Fields an engine is bound to regardless of how it was configured; the daemon checks only these
 # (it accepts whatever precision and profile build-engines chose), build-engines checks all.
 DEVICE_AND_MODEL_FIELDS = ("cache_format", "graph", "model_sha256", "tensorrt_version", "gpu_name", "compute_capability", "l4t")
@@ -89,12 +93,16 @@ Profile = Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
 
 def engine_keys(package_sha256: str, facts: DeviceFacts, precision: str = "",
-                profiles: Optional[Mapping[str, Profile]] = None) -> dict[str, EngineKey]:
+                profiles: Optional[Mapping[str, Profile]] = None,
+                graphs: Optional[Sequence[str]] = None) -> dict[str, EngineKey]:
     """One key per graph for the package with ``model_sha256(package_dir) == package_sha256`` on this device.
 
-    build-engines passes the precision and the profiles it builds with; the daemon leaves them
-    empty, as it compares only DEVICE_AND_MODEL_FIELDS.
+    build-engines passes the precision and the profiles it builds with (one per graph it
+    builds); the daemon leaves them empty, as it compares only DEVICE_AND_MODEL_FIELDS, and
+    names the ``graphs`` it asks about (default: GRAPHS).
     """
+    if graphs is None:
+        graphs = tuple(profiles) if profiles else GRAPHS
     return {
         graph: EngineKey(
             graph=graph,
@@ -106,7 +114,7 @@ def engine_keys(package_sha256: str, facts: DeviceFacts, precision: str = "",
             precision=precision,
             profile=tuple((name, *triple) for name, triple in sorted(profiles[graph].items())) if profiles else (),
         )
-        for graph in GRAPHS
+        for graph in graphs
     }
 
 

@@ -9,6 +9,8 @@ is bound at its layer's offset into one buffer per tensor, so there is one cache
 window and one optimisation profile. Buffers are sized from the
 engines' own tensor shapes and dtypes (name-based TensorRT 10 API), so fp16 K/V engines and
 fp32 ones run through the same code; the host converts only mel (in) and logits (out).
+Word timing's aligner engine reads the same cross K/V buffers in place (bound per layer and
+row like the decoder's inputs): only tokens go up and the alignment scores come down.
 
 All GPU calls go through ``edgescribe.engines.tensorrt.seam``.
 """
@@ -24,7 +26,7 @@ import numpy as np
 from edgescribe.engines.errors import ModelPackageError
 from edgescribe.engines.host_aligner import HostAligner
 from edgescribe.engines.tensorrt.builder import KVInput, kv_inputs
-from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
+from edgescribe.engines.tensorrt.engine_cache import ALIGNER, GRAPHS, EngineBuildError, EngineCache
 from edgescribe.engines.tensorrt.seam import DeviceBuffer, Shape
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ ENCODER_IO = {"mel": True, "cross_k": False, "cross_v": False}  # name -> is_inp
 # IExecutionContext::setTensorAddress: "The pointer must have at least 256-byte alignment."
 ADDRESS_ALIGNMENT = 256
 DECODER_OWN_IO = {"tokens": True, "offset": True, "logits": False, "new_k": False, "new_v": False}
+ALIGNER_OWN_IO = {"tokens": True, "alignment": False}
 
 
 def decoder_io(kv: list[KVInput]) -> dict[str, bool]:
@@ -109,8 +112,73 @@ def _check_io(engine, expected: dict[str, bool], where: str) -> dict[str, Any]:
     return specs
 
 
+class DeviceAligner:
+    """The aligner engine (word timing) over cross K/V where the encoder left them.
+
+    Its cross K/V inputs (``cross_k.0`` ..., the layers the alignment heads need) are bound at
+    their layer's and row's offset into the encoder's buffers, so nothing is copied. Its
+    profile has batch 1 (word timing aligns one window at a time), so a batch runs row by row.
+    The scores' buffers grow to the largest output asked for rather than the profile's
+    maximum: a model whose weights name no heads gets CTranslate2's default of every head of
+    half the layers, and at 448 tokens x 30 s that would be hundreds of MB.
+    """
+
+    def __init__(self, gpu, stream, engine, dims, kv_dtype: np.dtype, where: str):
+        self._gpu, self._stream, self._dims, self._kv_dtype = gpu, stream, dims, np.dtype(kv_dtype)
+        specs = _check_io(engine, ALIGNER_OWN_IO, where)
+        self._cross = [(name, *name.split(".")) for name, spec in specs.items() if spec.is_input and name != "tokens"]
+        if not self._cross or any(tensor not in ("cross_k", "cross_v") for _, tensor, _ in self._cross):
+            raise EngineBuildError(f"{where} takes inputs {sorted(specs)}, not tokens and cross K/V: it was built "
+                                   "from another graph contract: rebuild with edgescribe build-engines --force")
+        dtypes = {specs[name].dtype for name, _, _ in self._cross}
+        if dtypes != {self._kv_dtype}:
+            raise EngineBuildError(f"{where} reads cross K/V as {sorted(map(str, dtypes))}, the encoder writes "
+                                   f"{self._kv_dtype.name}: rebuild the engines with edgescribe build-engines --force")
+        self.max_tokens = engine.profile_max("tokens")[1]
+        self._context = engine.create_context()
+        shape = engine.profile_max("tokens")
+        self._device = {"tokens": gpu.alloc(_nbytes(shape, specs["tokens"].dtype))}
+        self._host = {"tokens": gpu.pinned(shape, specs["tokens"].dtype)}
+        self._alignment_dtype = specs["alignment"].dtype
+
+    def _alignment_buffers(self, shape: Shape) -> tuple[DeviceBuffer, np.ndarray]:
+        nbytes = _nbytes(shape, self._alignment_dtype)
+        if "alignment" not in self._device or self._device["alignment"].nbytes < nbytes:
+            self._device["alignment"] = self._gpu.alloc(nbytes)
+            self._host["alignment"] = self._gpu.pinned((int(np.prod(shape)),), self._alignment_dtype)
+        return self._device["alignment"], self._host["alignment"][: int(np.prod(shape))].reshape(shape)
+
+    def run(self, tokens: np.ndarray, cross: DeviceCrossKV) -> np.ndarray:
+        """``alignment`` float32 [heads, batch, n, rows] for ``tokens`` [batch, n]; call inside gpu.active()."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[0] != cross.batch or not 1 <= tokens.shape[1] <= self.max_tokens:
+            raise ValueError(f"tokens must be [{cross.batch}, 1..{self.max_tokens}], got {list(tokens.shape)}")
+        gpu, stream, context, dims = self._gpu, self._stream, self._context, self._dims
+        n, state = tokens.shape[1], dims.n_text_state
+        row_bytes = _nbytes((cross.rows, state), self._kv_dtype)  # one window's K (or V) in one layer
+        context.set_input_shape("tokens", (1, n))
+        for name, _, _ in self._cross:
+            context.set_input_shape(name, (1, cross.rows, state))
+        device, host = self._alignment_buffers(context.tensor_shape("alignment"))  # [heads, 1, n, rows]
+        rows = []
+        for b in range(cross.batch):
+            host_tokens = self._host["tokens"].reshape(-1)[:n].reshape(1, n)
+            host_tokens[...] = tokens[b]
+            gpu.upload(self._device["tokens"].ptr, host_tokens, stream)
+            context.set_address("tokens", self._device["tokens"].ptr)
+            for name, tensor, layer in self._cross:
+                buffer = cross.k if tensor == "cross_k" else cross.v
+                context.set_address(name, buffer.ptr + (int(layer) * cross.batch + b) * row_bytes)
+            context.set_address("alignment", device.ptr)
+            context.execute(stream)
+            gpu.download(host, device.ptr, stream)
+            stream.synchronize()  # the pinned buffers are reused by the next row
+            rows.append(host.astype(np.float32, copy=True))
+        return np.concatenate(rows, axis=1)
+
+
 class TensorRTRunner:
-    """Runs one package's encoder and decoder engines on GPU 0 (see module docstring).
+    """Runs one package's encoder and decoder engines (and aligner engine) on GPU 0 (see module docstring).
 
     One execution context per engine and one stream: call it from one thread at a time (the
     scheduler's inference thread). ``max_batch`` and ``max_tokens`` are the engines' profile
@@ -119,7 +187,8 @@ class TensorRTRunner:
 
     name = "tensorrt"
 
-    def __init__(self, trt, encoder_plan: bytes, decoder_plan: bytes, dims, where: dict[str, str]):
+    def __init__(self, trt, encoder_plan: bytes, decoder_plan: bytes, dims, where: dict[str, str],
+                 aligner_plan: bytes | None = None):
         self._gpu = gpu = trt.gpu
         self._dims = dims
         with gpu.active():
@@ -137,14 +206,22 @@ class TensorRTRunner:
             self._dec_ctx = self._decoder.create_context()
             self._stream = gpu.stream()
             self._device, self._host = self._allocate(enc, dec)
+            self._aligner = None if aligner_plan is None else DeviceAligner(
+                gpu, self._stream, self._deserialize(trt, aligner_plan, where["aligner"]), dims, self.kv_dtype,
+                where["aligner"])
         self._bound_kv: tuple = ()  # (batch, buffer addresses) the decoder's K/V inputs are bound to
-        # Word timing: the aligner has no engine yet; it runs on ONNX Runtime over a host copy of
-        # the window's cross K/V (once per timed window). engines/backend.py attaches the package's.
-        self.aligner: HostAligner | None = None
+        # Word timing for engine sets built before the aligner had an engine: the aligner graph on
+        # ONNX Runtime over a host copy of the window's cross K/V (engines/backend.py attaches it).
+        self.host_aligner: HostAligner | None = None
         log.info(
-            "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s",
+            "TensorRT runner ready: batch <= %d, <= %d tokens per step, K/V %s%s",
             self.max_batch, self.max_tokens, np.dtype(self.kv_dtype).name,
+            ", aligner engine" if self._aligner is not None else "",
         )
+
+    @property
+    def aligns_on_gpu(self) -> bool:
+        return self._aligner is not None
 
     @staticmethod
     def _shared_kv_dtype(enc, dec, kv: list[KVInput], where: dict[str, str]) -> np.dtype:
@@ -196,9 +273,11 @@ class TensorRTRunner:
         return device, host
 
     @classmethod
-    def from_cache(cls, trt, cache: EngineCache, dims) -> "TensorRTRunner":
-        where = {graph: str(cache.engine_path(graph)) for graph in ("encoder", "decoder")}
-        return cls(trt, cache.load_plan("encoder"), cache.load_plan("decoder"), dims, where)
+    def from_cache(cls, trt, cache: EngineCache, dims, aligner: bool = False) -> "TensorRTRunner":
+        """The runner of the engines in ``cache``; with ``aligner``, its aligner engine too."""
+        where = {graph: str(cache.engine_path(graph)) for graph in (*GRAPHS, ALIGNER)}
+        aligner_plan = cache.load_plan(ALIGNER) if aligner else None
+        return cls(trt, cache.load_plan("encoder"), cache.load_plan("decoder"), dims, where, aligner_plan)
 
     @staticmethod
     def _deserialize(trt, plan: bytes, where: str):
@@ -292,10 +371,13 @@ class TensorRTRunner:
             return host_logits.astype(np.float32, copy=True)
 
     def align(self, tokens: np.ndarray, cross: DeviceCrossKV) -> np.ndarray:
-        if self.aligner is None:
-            raise ModelPackageError("word timing: no aligner attached to this TensorRT runner")
+        if self._aligner is not None:
+            with self._gpu.active():
+                return self._aligner.run(tokens, cross)
+        if self.host_aligner is None:
+            raise ModelPackageError("word timing: this TensorRT runner was given no aligner (engine or host)")
         k, v = self.cross_to_host(cross)
-        return self.aligner.run(tokens, k, v)
+        return self.host_aligner.run(tokens, k, v)
 
     def select_cross(self, cross: DeviceCrossKV, indices: np.ndarray) -> DeviceCrossKV:
         dims = self._dims
@@ -363,7 +445,8 @@ class TensorRTRunner:
             return self._gpu.memory_used()
 
     def cross_to_host(self, cross: DeviceCrossKV) -> tuple[np.ndarray, np.ndarray]:
-        """Copy cross K/V back as float32 numpy arrays (validation only; never per token)."""
+        """Copy cross K/V back as float32 numpy arrays (validation, and word timing without an
+        aligner engine; never per token)."""
         dims = self._dims
         shape = (dims.n_text_layer, cross.batch, cross.rows, dims.n_text_state)
         with self._gpu.active():

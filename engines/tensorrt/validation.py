@@ -8,7 +8,9 @@ with ONNX Runtime int8 in the tests and TensorRT with ONNX Runtime on a Jetson.
 The decoder is compared teacher-forced: both runners are fed the reference's own greedy
 tokens, so one early disagreement cannot snowball into a different sentence and hide how
 large the numerical drift really is. The end-to-end check is separate: the recording must
-be transcribed to the same text by both.
+be transcribed to the same text by both. With an aligner (word timing), its scores over the
+prompt and the forced tokens are compared too, and so is where each token starts after the
+same dynamic time warping word timing does.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from edgescribe.engines.audio import N_FRAMES, load_audio, log_mel, pad_or_trim
+from edgescribe.engines.word_timing import alignment_matrix, dtw
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +38,26 @@ class Tolerance:
     (the scale of the tensor), so one limit fits every layer and model size.
     ``logits_abs``: max |candidate - reference| over the logits of every forced step.
     ``top1``: fraction of forced steps whose argmax token agrees.
+    ``alignment_rel``: as ``cross_rel``, over the aligner's scores.
+    ``start_shift``: most encoder positions (20 ms each) a token's aligned start may move.
     """
 
     cross_rel: float
     logits_abs: float
     top1: float
+    alignment_rel: float = 0.0
+    start_shift: int = 0
 
 
 # fp32 engines differ from ONNX Runtime only in summation order (and TF32 where TensorRT uses it).
 # fp16 has a 2^-11 unit roundoff; over 4-6 layers of 384-512-wide dot products that is ~1% of a
 # tensor's scale, and logits (range ~ -10..+30) move by a few tenths -- not enough to change
 # which token wins except on near-ties, hence top-1 agreement of 95% rather than 100%.
+# The aligner's scores are one to four decoder layers from the cross K/V: the cross K/V's limit
+# doubled. Word timing only needs where each token starts; one 20-ms step of drift is allowed.
 TOLERANCES = {
-    "fp32": Tolerance(cross_rel=2e-3, logits_abs=0.1, top1=1.0),
-    "fp16": Tolerance(cross_rel=2e-2, logits_abs=1.0, top1=0.95),
+    "fp32": Tolerance(cross_rel=2e-3, logits_abs=0.1, top1=1.0, alignment_rel=4e-3, start_shift=1),
+    "fp16": Tolerance(cross_rel=2e-2, logits_abs=1.0, top1=0.95, alignment_rel=4e-2, start_shift=1),
 }
 
 
@@ -59,12 +68,13 @@ class Capture:
     cross_k: np.ndarray  # float32 [layers, batch, audio_ctx, state]
     cross_v: np.ndarray
     logits: np.ndarray  # float32 [steps, batch, vocab]; step 0 is the prompt
+    alignment: Optional[np.ndarray] = None  # float32 [heads, batch, prompt + forced, rows]: the aligner's scores
 
 
 @dataclass(frozen=True)
 class Check:
     name: str
-    graph: str  # "encoder" or "decoder": which engine to blame
+    graph: str  # "encoder", "decoder" or "aligner": which engine to blame
     value: float
     limit: float
     passed: bool
@@ -88,8 +98,8 @@ class ValidationReport:
 
     @property
     def blamed(self) -> frozenset[str]:
-        """The engine to fix first. Decoder outputs are computed from the candidate's own cross
-        K/V, so when the encoder is off the decoder's drift says nothing about the decoder."""
+        """The engine to fix first. Decoder and aligner outputs are computed from the candidate's
+        own cross K/V, so when the encoder is off their drift says nothing about them."""
         failed = {check.graph for check in self.checks if not check.passed}
         return frozenset({"encoder"}) if "encoder" in failed else frozenset(failed)
 
@@ -155,6 +165,8 @@ def compare(
         "top1", "decoder", agreement, tolerance.top1, agreement >= tolerance.top1,
         f"argmax agrees on {agreement:.1%} of steps (need {tolerance.top1:.0%})",
     ))
+    if reference.alignment is not None and candidate.alignment is not None:
+        checks += _alignment_checks(tiled(reference.alignment, 1), candidate.alignment, tolerance)
     if texts is not None:
         ref_text, cand_text = (text.strip() for text in texts)
         same = ref_text == cand_text
@@ -163,6 +175,31 @@ def compare(
             f"{cand_text!r}" + ("" if same else f" != reference {ref_text!r}"),
         ))
     return ValidationReport(tuple(checks))
+
+
+def token_starts(scores: np.ndarray) -> np.ndarray:
+    """The encoder position where each token starts on word timing's warping path, from one
+    row's scores [heads, tokens, rows] over the whole window."""
+    tokens, positions = dtw(-alignment_matrix(scores, 2 * scores.shape[-1]))
+    return positions[np.searchsorted(tokens, np.arange(scores.shape[1]))]
+
+
+def _alignment_checks(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance) -> list[Check]:
+    max_abs, rel = relative_error(reference, candidate)
+    checks = [Check(
+        "alignment", "aligner", rel, tolerance.alignment_rel, rel <= tolerance.alignment_rel,
+        f"max abs {max_abs:.3g}, relative {rel:.3g} (limit {tolerance.alignment_rel:g})",
+    )]
+    if np.isfinite(rel):
+        shift = max(int(np.abs(token_starts(reference[:, row]) - token_starts(candidate[:, row])).max())
+                    for row in range(candidate.shape[1]))
+    else:
+        shift = np.iinfo(np.int32).max
+    checks.append(Check(
+        "token starts", "aligner", float(shift), float(tolerance.start_shift), shift <= tolerance.start_shift,
+        f"move by at most {shift} positions of 20 ms (limit {tolerance.start_shift})",
+    ))
+    return checks
 
 
 # -- driving two runners -----------------------------------------------------------------
@@ -193,8 +230,10 @@ def greedy_tokens(runner, mel: np.ndarray, prompt: Sequence[int], eot: int, max_
     return tokens
 
 
-def capture(runner, mel: np.ndarray, prompt: Sequence[int], forced: Sequence[int], batch: int = 1) -> Capture:
-    """Encode ``mel`` (row 0 repeated ``batch`` times), feed the prompt, then ``forced`` one by one."""
+def capture(runner, mel: np.ndarray, prompt: Sequence[int], forced: Sequence[int], batch: int = 1,
+            align: bool = False) -> Capture:
+    """Encode ``mel`` (row 0 repeated ``batch`` times), feed the prompt, then ``forced`` one by one;
+    with ``align``, run the aligner over the prompt and ``forced`` as word timing would."""
     mel = np.repeat(mel[:1], batch, axis=0)
     cross = runner.encode(mel)
     cross_k, cross_v = host_cross(runner, cross)
@@ -204,7 +243,11 @@ def capture(runner, mel: np.ndarray, prompt: Sequence[int], forced: Sequence[int
     for index, token in enumerate(forced[:-1]):
         offsets = np.full(batch, len(prompt) + index, dtype=np.int64)
         steps.append(runner.decode(np.full((batch, 1), token, dtype=np.int64), offsets, cache, cross))
-    return Capture(cross_k, cross_v, np.stack([np.asarray(s, dtype=np.float32) for s in steps]))
+    alignment = None
+    if align:
+        sequence = np.tile(np.asarray([*prompt, *forced], dtype=np.int64), (batch, 1))
+        alignment = np.asarray(runner.align(sequence, cross), dtype=np.float32)
+    return Capture(cross_k, cross_v, np.stack([np.asarray(s, dtype=np.float32) for s in steps]), alignment)
 
 
 def validate(
@@ -217,15 +260,17 @@ def validate(
     transcribe: Optional[Callable[[object], str]] = None,
     batch: int = 1,
     max_steps: int = 32,
+    align: bool = False,
 ) -> ValidationReport:
     """Compare ``candidate`` with ``reference`` on ``mel`` [1, n_mels, 3000].
 
     ``batch`` > 1 runs the candidate on that many copies, so row indexing and per-row cache
-    writes are exercised too. ``transcribe(runner) -> text`` adds the end-to-end text check.
+    writes are exercised too. ``transcribe(runner) -> text`` adds the end-to-end text check;
+    ``align`` the aligner's checks.
     """
     forced = greedy_tokens(reference, mel, prompt, eot, max_steps)
-    expected = capture(reference, mel, prompt, forced, batch=1)
-    actual = capture(candidate, mel, prompt, forced, batch=batch)
+    expected = capture(reference, mel, prompt, forced, batch=1, align=align)
+    actual = capture(candidate, mel, prompt, forced, batch=batch, align=align)
     texts = (transcribe(reference), transcribe(candidate)) if transcribe else None
     return compare(expected, actual, tolerance, texts)
 

@@ -94,6 +94,29 @@ def test_five_beams_score_at_least_greedy_on_every_file(tiny_en_model, windows):
     assert differ >= 2  # the search really left the greedy path somewhere
 
 
+def test_beam_results_carry_the_winners_token_probabilities_and_words_get_them(tiny_en_model, windows, corpus):
+    names = FILES[:5]
+    mel = np.stack([windows[n] for n in names])
+    greedy = decode(tiny_en_model, mel, DecodingOptions())
+    beamed = decode(tiny_en_model, mel, DecodingOptions(beam_size=5))
+    same = 0
+    for name, g, b in zip(names, greedy, beamed):
+        assert len(b.token_logprobs) == len(b.tokens) and all(p <= 0 for p in b.token_logprobs), name
+        # the winner's own steps: with end-of-text's, they add up to the score it was ranked by
+        assert sum(b.token_logprobs) >= _summed(b) - 1e-9 and sum(b.token_logprobs) - _summed(b) < 5, name
+        if b.tokens == g.tokens:
+            np.testing.assert_allclose(b.token_logprobs, g.token_logprobs, atol=1e-4, err_msg=name)
+            same += 1
+    assert 0 < same < len(names)  # both kinds of window were seen
+
+    path = corpus / "en" / "arctic_axb_a0004.wav"  # beam and greedy decode it to the same tokens
+    words = {beams: [w for s in transcribe(tiny_en_model, path, TranscribeOptions(word_timestamps=True, beam_size=beams)).segments
+                     for w in s.words] for beams in (1, 5)}
+    assert [w.word for w in words[5]] == [w.word for w in words[1]] and len(words[5]) >= 5
+    assert all(0 < w.probability <= 1 for w in words[5])
+    np.testing.assert_allclose([w.probability for w in words[5]], [w.probability for w in words[1]], atol=1e-3)
+
+
 def test_filters_hold_under_beam_search(tiny_en_model, windows):
     begin = tiny_en_model.tokenizer.special.timestamp_begin
     suppressed = set(tiny_en_model.tokenizer.suppress_ids((-1,)))

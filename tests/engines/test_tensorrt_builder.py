@@ -15,7 +15,16 @@ import pytest
 from edgescribe.engines.onnx_runner import OnnxRunner
 from edgescribe.engines.tensorrt import validation
 from edgescribe.engines.tensorrt.build import build_engines
-from edgescribe.engines.tensorrt.builder import FP32_LAYER_TYPES, HALF_IO, BuildOptions, Ticker, profiles, recipe
+from edgescribe.engines.alignment_export import aligner_inputs
+from edgescribe.engines.tensorrt.builder import (
+    FP32_LAYER_TYPES,
+    HALF_IO,
+    BuildOptions,
+    Ticker,
+    aligner_kv_inputs,
+    profiles,
+    recipe,
+)
 from edgescribe.engines.tensorrt.engine_cache import EngineBuildError, EngineCache
 from edgescribe.engines.tensorrt.runner import TensorRTRunner, cache_copies
 from tests.fixtures import fake_tensorrt
@@ -54,11 +63,27 @@ def test_profiles_cover_batch_and_prompt_range_with_single_token_opt(tiny_packag
 
 
 def test_every_graph_input_gets_a_profile_of_its_rank_and_nothing_else_does(tiny_package):  # noqa: F811
-    for graph in ("encoder", "decoder"):
+    heads = tiny_package.manifest.alignment_heads
+    for graph in ("encoder", "decoder", "aligner"):
         inputs = onnx.load(str(tiny_package.file(f"{graph}.onnx")), load_external_data=False).graph.input
         ranks = {value.name: len(value.type.tensor_type.shape.dim) for value in inputs}
-        made = recipe(f"{graph}.onnx", graph, tiny_package.dims, OPTIONS, "fp16")
+        made = recipe(f"{graph}.onnx", graph, tiny_package.dims, OPTIONS, "fp16", heads)
         assert {name: len(triple[0]) for name, triple in made.profile.items()} == ranks
+    # the builder's copy of the aligner's input names (it must not import onnx) agrees with the exporter's
+    for some in ([(3, 1), (1, 0)], [(0, 2)], heads):
+        assert aligner_kv_inputs(some) == aligner_inputs(some)
+
+
+def test_the_aligner_profile_spans_a_windows_tokens_and_the_decoders_windows(tiny_package):  # noqa: F811
+    shapes = profiles(tiny_package.dims, BuildOptions(max_batch=4, max_prompt_tokens=224), tiny_package.manifest.alignment_heads)
+    aligner = shapes["aligner"]
+    assert aligner["tokens"] == ((1, 1), (1, 64), (1, 448))  # up to the text context, one window at a time
+    assert set(aligner) == {"tokens", "cross_k.0", "cross_k.1", "cross_k.2", "cross_k.3", "cross_v.0", "cross_v.1", "cross_v.2"}
+    decoder_rows = [shape[1] for shape in shapes["decoder"]["cross_k.0"]]
+    assert [shape[1] for shape in aligner["cross_v.2"]] == decoder_rows == [500, 500, 1500]
+    fp16 = recipe("aligner.onnx", "aligner", tiny_package.dims, OPTIONS, "fp16", tiny_package.manifest.alignment_heads)
+    assert set(aligner) - {"tokens"} <= set(fp16.half_io) and "alignment" not in fp16.half_io  # reads the encoder's fp16 K/V
+    assert "aligner" not in profiles(tiny_package.dims, OPTIONS)  # a package without an aligner graph
 
 
 def test_fp16_recipe_pins_norm_and_softmax_and_halves_only_device_side_kv(tiny_package):  # noqa: F811
@@ -115,15 +140,15 @@ def test_build_validates_marks_good_then_is_a_no_op(tiny_package, fake, tmp_path
     cache = EngineCache(tmp_path, "tiny.en")
     mark = json.loads(cache.good_path.read_text())
     assert any(line.startswith("text: 'in being comparatively modern.'") and line.endswith("ok") for line in mark["report"])
-    assert fake.builds == [("encoder", True), ("decoder", True)]
-    assert cache.read_timing_cache() == b"timing:2"
+    assert fake.builds == [("encoder", True), ("decoder", True), ("aligner", True)]
+    assert cache.read_timing_cache() == b"timing:3"
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("building encoder engine (fp16)") for m in messages)
     assert any(m.startswith(f"built {cache.engine_path('decoder')} in ") for m in messages)
 
     caplog.clear()
     assert build(tiny_package, tmp_path, fake) is False
-    assert len(fake.builds) == 2
+    assert len(fake.builds) == 3
     assert any("up to date; nothing to build" in r.getMessage() for r in caplog.records)
 
 
@@ -181,8 +206,8 @@ def test_force_rebuilds_and_reuses_the_saved_timing_cache(tiny_package, fake, tm
     build(tiny_package, tmp_path, fake)
     assert fake.timing_caches_seen[0] is None
     build(tiny_package, tmp_path, fake, force=True)
-    assert len(fake.builds) == 4
-    assert fake.timing_caches_seen[2] == b"timing:2"
+    assert len(fake.builds) == 6
+    assert fake.timing_caches_seen[3] == b"timing:3"
 
 
 def test_stale_key_rebuilds_once_and_says_which_field(tiny_package, fake, tmp_path, caplog):  # noqa: F811
@@ -190,7 +215,7 @@ def test_stale_key_rebuilds_once_and_says_which_field(tiny_package, fake, tmp_pa
     caplog.set_level(logging.INFO)
     fake.version = "10.3.1"  # a JetPack update
     assert build(tiny_package, tmp_path, fake) is True
-    assert len(fake.builds) == 4
+    assert len(fake.builds) == 6
     assert any("tensorrt_version: built for 10.3.0, now 10.3.1" in r.getMessage() for r in caplog.records)
     sidecar = json.loads(EngineCache(tmp_path, "tiny.en").sidecar_path("decoder").read_text())
     assert sidecar["key"]["tensorrt_version"] == "10.3.1"
@@ -207,7 +232,7 @@ def test_cached_engine_that_fails_to_load_is_rebuilt_once(tiny_package, fake, tm
     caplog.set_level(logging.INFO)
     fake.unloadable = 1
     assert build(tiny_package, tmp_path, fake) is True
-    assert len(fake.builds) == 4
+    assert len(fake.builds) == 6
     assert any("encoder.engine cannot be loaded" in r.getMessage() for r in caplog.records)
 
 
@@ -218,7 +243,7 @@ def test_engine_that_still_fails_after_the_rebuild_is_a_clear_error(tiny_package
     message = str(raised.value)
     assert str(tmp_path / "tiny.en" / "encoder.engine") in message and "even right after rebuilding it" in message
     assert "\n" not in message
-    assert len(fake.builds) == 2  # built once, not retried in a loop
+    assert len(fake.builds) == 3  # built once, not retried in a loop
     assert not EngineCache(tmp_path, "tiny.en").good_path.exists()
 
 
@@ -226,13 +251,35 @@ def test_fp16_drift_in_the_encoder_falls_back_to_fp32_for_that_graph(tiny_packag
     caplog.set_level(logging.INFO)
     fake.fp16_noise = {"cross_k": 0.05}  # 5% of scale: far past the 2% fp16 limit
     assert build(tiny_package, tmp_path, fake) is True
-    assert fake.builds == [("encoder", True), ("decoder", True), ("encoder", False)]
+    assert fake.builds == [("encoder", True), ("decoder", True), ("aligner", True), ("encoder", False)]
     cache = EngineCache(tmp_path, "tiny.en")
     assert cache.precision_of("encoder") == "fp32" and cache.precision_of("decoder") == "fp16"
     assert cache.good_path.exists()
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("validation: cross_k:") and m.endswith("FAIL") for m in messages)
     assert any("fp16 encoder drifts past tolerance; rebuilding it in fp32" in m for m in messages)
+
+
+def test_engines_built_before_the_aligner_engine_gain_just_it_and_it_falls_back_to_fp32_alone(tiny_package, fake,  # noqa: F811
+                                                                                                tmp_path, caplog):
+    build(tiny_package, tmp_path, fake)
+    cache = EngineCache(tmp_path, "tiny.en")
+    cache.engine_path("aligner").unlink()  # an engine set as build-engines made it before the aligner had one
+    cache.sidecar_path("aligner").unlink()
+    old = {graph: cache.read_sidecar(graph).engine_sha256 for graph in ("encoder", "decoder")}
+    cache.mark_good(("encoder", "decoder"), ["validated before"])
+    caplog.set_level(logging.INFO)
+    fake.fp16_noise = {"alignment": 0.1}  # the fp16 aligner drifts; the others do not
+    assert build(tiny_package, tmp_path, fake) is True
+    assert fake.builds[3:] == [("aligner", True), ("aligner", False)]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("building TensorRT engines (aligner): no aligner engine at ") for m in messages)
+    assert any(m.startswith("validation: alignment:") and m.endswith("FAIL") for m in messages)
+    assert any("fp16 aligner drifts past tolerance; rebuilding it in fp32" in m for m in messages)
+    assert {graph: cache.read_sidecar(graph).engine_sha256 for graph in ("encoder", "decoder")} == old
+    assert cache.precision_of("aligner") == "fp32" and cache.precision_of("encoder") == "fp16"
+    assert set(json.loads(cache.good_path.read_text())["engines"]) == {"encoder", "decoder", "aligner"}
+    assert build(tiny_package, tmp_path, fake) is False
 
 
 def test_drift_that_survives_the_fallback_fails_and_leaves_engines_unmarked(tiny_package, fake, tmp_path):  # noqa: F811

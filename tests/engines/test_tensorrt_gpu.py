@@ -78,6 +78,23 @@ def test_runner_matches_onnx_runtime_with_rows_at_different_offsets(trt, tiny_pa
         tokens = np.argmax(logits[0], axis=-1)[:, None]
 
 
+def test_the_aligner_engine_reads_the_encoders_cross_kv_and_matches_onnx_runtime(trt, tiny_package, engine_dir):  # noqa: F811
+    runner = create_runner(tiny_package, "tensorrt", engine_dir=engine_dir)
+    assert runner.aligns_on_gpu  # built by the fp16 test above, the aligner engine among them
+    reference = OnnxRunner(tiny_package, threads=2, prefer_int8=False)
+    mel = validation.reference_mel(tiny_package.mel_filters(), frames=1000)
+    special = tiny_package.manifest.special_tokens
+    prompt = [special.sot, special.no_timestamps]
+    forced = validation.greedy_tokens(reference, mel, prompt, special.eot, 32)
+    tokens = np.array([prompt + forced])
+    ours = runner.align(tokens, runner.encode(mel))
+    theirs = reference.align(tokens, reference.encode(mel))
+    tolerance = validation.TOLERANCES["fp16"]
+    assert validation.relative_error(theirs, ours)[1] <= tolerance.alignment_rel
+    shift = np.abs(validation.token_starts(ours[:, 0]) - validation.token_starts(theirs[:, 0])).max()
+    assert shift <= tolerance.start_shift
+
+
 def test_fp32_build_meets_fp32_tolerances(trt, tiny_package, tmp_path):  # noqa: F811
     build_engines(tiny_package, tmp_path, BuildOptions(precision="fp32", max_batch=1, max_prompt_tokens=32), trt, threads=2)
     assert EngineCache(tmp_path, tiny_package.dir.name).status({}).ok

@@ -314,7 +314,7 @@ def test_the_vendored_matrix_is_the_release_the_readme_names(matrix):
 def test_our_float32_graphs_import_into_tensorrt_10_3(label, graph, matrix, request):
     package = request.getfixturevalue(PACKAGES[label])
     encoder, decoder = package.graph_paths(prefer_int8=False)  # what build-engines feeds TensorRT
-    # the aligner (word timing) runs on ONNX Runtime for now, but is built to go to TensorRT too
+    # build-engines builds the aligner (word timing) too, when the package has one
     path = {"encoder": encoder, "decoder": decoder, "aligner": package.aligner_path()}[graph]
     problems = check_graph(label, path, matrix)
     assert not problems, "TensorRT 10.3's ONNX parser would not take:\n" + "\n".join(problems)

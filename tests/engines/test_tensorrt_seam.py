@@ -195,6 +195,25 @@ def test_fp16_build_pins_float_layers_sets_half_io_and_profiles_every_input(api_
     assert isinstance(constructed[0][1][0], real.ILogger)
 
 
+def test_the_aligner_engine_builds_with_its_own_profile_and_reads_fp16_cross_kv(api_checker, real):  # noqa: F811
+    """No TensorRT call beyond the encoder's and decoder's: the aligner's recipe through the same build."""
+    heads = [(1, 0), (2, 0), (2, 5), (3, 0), (3, 1), (3, 2), (3, 3), (3, 4)]  # tiny.en's
+    options = BuildOptions(precision="fp16", max_batch=2, max_prompt_tokens=32, workspace_mb=256)
+    recipe_ = recipe(Path("/models/tiny.en/aligner.onnx"), "aligner", TINY_EN, options, "fp16", heads)
+    f32 = real.float32
+    inputs = [ScriptedTensor(name, real.int64 if name == "tokens" else f32) for name in recipe_.profile]
+    network = ScriptedNetwork([ScriptedLayer(real.LayerType.SOFTMAX, [ScriptedTensor("out0", f32)])], inputs,
+                              [ScriptedTensor("alignment", f32)])
+    builder = ScriptedBuilder(network, ScriptedConfig())
+    built = scripted_build(api_checker, builder, ScriptedParser(network)).build(recipe_, None)
+    (profile,) = builder.config.profiles
+    assert profile.shapes == dict(recipe_.profile) and profile.shapes["tokens"] == ((1, 1), (1, 64), (1, 448))
+    dtypes = {t.name: t.dtype for t in network.inputs + network.outputs}
+    assert {name for name, dtype in dtypes.items() if dtype == real.float16} == set(recipe_.profile) - {"tokens"}
+    assert dtypes["alignment"] == f32 and dtypes["tokens"] == real.int64
+    assert built.fp32_layers == 1 and api_checker.violations == []
+
+
 def test_fp32_build_sets_no_precision_flags_and_touches_no_layer(api_checker, real):  # noqa: F811
     recipe_, builder, built = build(api_checker, real, "fp32")
     assert recipe_.fp32_layer_types == () and recipe_.half_io == ()

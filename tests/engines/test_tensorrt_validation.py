@@ -119,6 +119,40 @@ def test_known_perturbation_is_reported_exactly_and_judged(reference, mel, promp
     assert strict.check("cross_v").passed
 
 
+class LateAligner:
+    """A float32 runner whose aligner sees everything ``shift`` encoder positions (20 ms each) late."""
+
+    name = "late"
+
+    def __init__(self, runner, shift: int):
+        self.runner = runner
+        self.shift = shift
+
+    def encode(self, mel):
+        return self.runner.encode(mel)
+
+    def new_cache(self, batch):
+        return self.runner.new_cache(batch)
+
+    def decode(self, tokens, offsets, cache, cross):
+        return self.runner.decode(tokens, offsets, cache, cross)
+
+    def align(self, tokens, cross):
+        return np.roll(self.runner.align(tokens, cross), self.shift, axis=-1)
+
+
+def test_the_aligner_is_judged_by_its_scores_and_where_tokens_start(reference, mel, prompt):
+    tokens, eot = prompt
+    same = validation.validate(reference, reference, mel, tokens, eot, TOLERANCES["fp32"], batch=2, align=True)
+    assert same.passed, same.lines
+    assert same.check("alignment").value == 0.0 and same.check("token starts").value == 0.0
+    late = validation.validate(reference, LateAligner(reference, 3), mel, tokens, eot, TOLERANCES["fp16"], align=True)
+    assert not late.passed and late.blamed == {"aligner"}  # encoder and decoder are untouched
+    assert late.check("cross_k").passed and late.check("logits").passed and not late.check("alignment").passed
+    assert late.check("token starts").value == 3.0
+    assert late.check("token starts").line() == "token starts: move by at most 3 positions of 20 ms (limit 1) -> FAIL"
+
+
 @pytest.fixture(scope="module")
 def int8_package(tiny_package, tmp_path_factory):  # noqa: F811
     """tiny.en plus int8 graphs quantised here (the shipped test package is float32 only)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -215,21 +216,75 @@ def test_a_package_without_an_aligner_says_so_in_one_line(tiny_en_package, corpu
         ModelPackage.load(old, verify=False).aligner_path()
 
 
-def test_the_tensorrt_runner_aligns_over_its_device_cross_kv(tiny_package, onnx_sessions, tmp_path, corpus):  # noqa: F811
-    """The aligner has no engine yet: the TensorRT runner copies its (fp16) cross K/V to the host
-    and runs the package's aligner graph there; its scores match ONNX Runtime's to fp16 precision."""
+@pytest.fixture(scope="module")
+def tensorrt_engines(tiny_package, onnx_sessions, tmp_path_factory):  # noqa: F811
+    """Validated engines, the aligner's among them, built through the GPU double."""
     fake = FakeTensorRT(sessions=onnx_sessions)
-    build_engines(tiny_package, tmp_path, BuildOptions(max_batch=2, max_prompt_tokens=32), fake, threads=1)
+    engine_dir = tmp_path_factory.mktemp("engines")
+    build_engines(tiny_package, engine_dir, BuildOptions(max_batch=2, max_prompt_tokens=32), fake, threads=1)
+    return engine_dir, fake
+
+
+def _words(model, path) -> list:
+    result = transcribe(model, path, TranscribeOptions(word_timestamps=True, encoder_window="adaptive"))
+    return [(w.word, w.start, w.end, w.probability) for s in result.segments for w in s.words]
+
+
+def test_the_tensorrt_runner_times_words_on_its_aligner_engine_like_onnx_runtime(tiny_package, tensorrt_engines,  # noqa: F811
+                                                                                 corpus):
+    """The aligner engine reads the (fp16) cross K/V where the encoder engine left them, and the
+    words it times are ONNX Runtime's, through the GPU double (real graphs, fake device)."""
+    engine_dir, fake = tensorrt_engines
+    runner = create_runner(tiny_package, "tensorrt", engine_dir=engine_dir, load_tensorrt=lambda: fake)
+    assert isinstance(runner, TensorRTRunner) and runner.aligns_on_gpu and runner.host_aligner is None
+    reference = OnnxRunner(tiny_package, threads=1, prefer_int8=False)
+    path = corpus / "en" / "lj_LJ001-0005.wav"  # two segments, in a window shorter than 30 s
+    ours, theirs = _words(WhisperModel.from_package(tiny_package, runner), path), _words(
+        WhisperModel.from_package(tiny_package, reference), path)
+    assert len(ours) >= 10 and [w[0] for w in ours] == [w[0] for w in theirs]
+    assert [w[1:3] for w in ours] == [w[1:3] for w in theirs]  # the same times, to the millisecond
+    np.testing.assert_allclose([w[3] for w in ours], [w[3] for w in theirs], atol=1e-3)  # fp16 K/V: measured 1e-4
+
+    # bound in place: layer l, row b of the encoder's [layers, batch, rows, state] buffers
+    model = WhisperModel.from_package(tiny_package, runner)
+    mel = np.repeat(model.encoder_window(model.log_mel(load_audio(corpus / "en" / RECORDING)), "adaptive")[None], 2, axis=0)
+    cross = runner.encode(mel)
+    special = model.tokenizer.special
+    tokens = np.array([[special.sot, special.no_timestamps, *model.tokenizer.encode(" Lord, but"), special.eot]] * 2)
+    scores = runner.align(tokens, cross)
+    aligner = [c for c in fake.gpu.contexts if "alignment" in c.engine.dtypes][-1]  # this runner's aligner
+    row = cross.rows * 384 * np.dtype(runner.kv_dtype).itemsize
+    assert aligner.addresses["cross_k.3"] == cross.k.ptr + (3 * 2 + 1) * row  # the last row ran last
+    assert aligner.shapes["cross_v.2"] == (1, cross.rows, 384)
+    expected = reference.align(tokens, reference.encode(mel))
+    assert scores.shape == expected.shape == (8, 2, 6, cross.rows)
+    assert np.abs(scores - expected).max() < 2e-3 * np.abs(expected).max()  # fp16 K/V: measured 3e-4
+
+
+def test_engines_built_before_the_aligner_engine_align_on_the_host_and_say_so(tiny_package, tensorrt_engines,  # noqa: F811
+                                                                              tmp_path, corpus, caplog):
+    engine_dir, fake = tensorrt_engines
+    old = tmp_path / "tiny.en"
+    shutil.copytree(engine_dir / "tiny.en", old)
+    for leftover in ("aligner.engine", "aligner.engine.json"):
+        (old / leftover).unlink()
+    mark = json.loads((old / "validated.json").read_text())
+    del mark["engines"]["aligner"]
+    (old / "validated.json").write_text(json.dumps(mark))
+    caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     runner = create_runner(tiny_package, "tensorrt", engine_dir=tmp_path, load_tensorrt=lambda: fake)
-    assert isinstance(runner, TensorRTRunner) and runner.aligner is not None
+    assert not runner.aligns_on_gpu and runner.host_aligner is not None
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("word timing:")]
+    assert line == (f"word timing: no aligner engine (no aligner engine at {old / 'aligner.engine'}), so words are "
+                    "aligned by ONNX Runtime over a host copy of the cross K/V; to align on the GPU, build them with: "
+                    f"edgescribe build-engines --model {tiny_package.dir} --out {tmp_path}")
     reference = OnnxRunner(tiny_package, threads=1, prefer_int8=False)
     model = WhisperModel.from_package(tiny_package, reference)
     mel = model.encoder_window(model.log_mel(load_audio(corpus / "en" / RECORDING)), "full")[None]
     special = model.tokenizer.special
     tokens = np.array([[special.sot, special.no_timestamps, *model.tokenizer.encode(" Lord, but"), special.eot]])
     ours, theirs = runner.align(tokens, runner.encode(mel)), reference.align(tokens, reference.encode(mel))
-    assert ours.shape == theirs.shape == (8, 1, 6, 1500)
-    assert np.abs(ours - theirs).max() < 2e-3 * np.abs(theirs).max()  # fp16 K/V: measured 3e-4
+    assert np.abs(ours - theirs).max() < 2e-3 * np.abs(theirs).max()
 
 
 def test_the_aligner_keeps_the_manifests_head_order_and_refuses_heads_the_model_lacks(tiny_en_model, window):
