@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from edgescribe.daemon.alerts import AlertTracker, PhraseMatcher  # noqa: E402
 from edgescribe.daemon.config.alerts import AlertRule  # noqa: E402
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions  # noqa: E402
+from edgescribe.daemon.config.engine import EngineConfig  # noqa: E402
 from edgescribe.daemon.config.transcription import TranscriptionConfig  # noqa: E402
 from edgescribe.daemon.events import AlertEvent, TranscriptEvent  # noqa: E402
 from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
@@ -52,6 +53,7 @@ from edgescribe.daemon.streaming import StreamTranscriber  # noqa: E402
 from edgescribe.daemon.vad import create_vad  # noqa: E402
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edgescribe.engines.backend import load_model  # noqa: E402
+from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
 from tests.fixtures.faster_whisper_reference import load_reference  # noqa: E402
 from tests.fixtures.streaming import SpokenStream, mix_at_snr, run_synchronously, spoken_stream, write_wav  # noqa: E402
 
@@ -100,8 +102,12 @@ def rules() -> list[AlertRule]:
     return [AlertRule(name=name, phrases=[phrase]) for name, phrase in PHRASES.items()]
 
 
-def transcription() -> TranscriptionConfig:
-    return TranscriptionConfig(hotwords=list(PHRASES.values()))
+def transcription(args) -> TranscriptionConfig:
+    return TranscriptionConfig(hotwords=list(PHRASES.values()), partial_interval_s=args.partial_interval)
+
+
+def scheduler_for(args) -> InferenceScheduler:
+    return InferenceScheduler(max_batch=4, encoder_window=args.encoder_window)
 
 
 def normalised(text: str) -> str:
@@ -130,12 +136,12 @@ def phrase_ends(spoken: SpokenStream, threads: int) -> dict[tuple[str, str], flo
     return ends
 
 
-def run_live(engines, wav: Path, seconds: float) -> Recorder:
+def run_live(engines, wav: Path, seconds: float, args) -> Recorder:
     recorder = Recorder(AlertTracker(rules()))
-    scheduler = InferenceScheduler(max_batch=4)
+    scheduler = scheduler_for(args)
     scheduler.start()
     pipeline = StreamPipeline.build(StreamConfig(name="mic", file=str(wav), speed=1.0), CaptureOptions(), VadOptions(),
-                                    SegmenterOptions(), transcription(), scheduler, engines, recorder)
+                                    SegmenterOptions(), transcription(args), scheduler, engines, recorder)
     try:
         pipeline.start()
         pipeline.join(seconds + 120)
@@ -184,15 +190,15 @@ def report(label: str, spoken: SpokenStream, recorder: Recorder, ends: dict[tupl
     print(f"  false alerts: {len(false)}" + "".join(f"\n    {line}" for line in false))
 
 
-def noise_alone(engines, noise: np.ndarray, minutes: float, workdir: Path, name: str) -> list[AlertEvent]:
+def noise_alone(engines, noise: np.ndarray, minutes: float, workdir: Path, name: str, args) -> list[AlertEvent]:
     wav = write_wav(workdir / f"alone_{name}.wav", np.resize(noise, int(minutes * 60 * SAMPLE_RATE)).astype(np.float32))
     recorder = Recorder(AlertTracker(rules()))
-    scheduler = InferenceScheduler(max_batch=4)
+    scheduler = scheduler_for(args)
     scheduler.start()
     vad = VadOptions()
-    segmenter = Segmenter("mic", SegmenterOptions(), create_vad(vad), update_interval_s=transcription().partial_interval_s,
+    segmenter = Segmenter("mic", SegmenterOptions(), create_vad(vad), update_interval_s=args.partial_interval,
                           thresholds=vad)
-    transcriber = StreamTranscriber("mic", transcription(), scheduler, engines, emit=recorder)
+    transcriber = StreamTranscriber("mic", transcription(args), scheduler, engines, emit=recorder)
     try:
         run_synchronously(wav, transcriber, scheduler, segmenter, timeout_s=1800)
     finally:
@@ -208,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noises", nargs="+", default=list(NOISES), choices=NOISES)
     parser.add_argument("--noise-minutes", type=float, default=10.0, help="noise alone, in total over --noises")
     parser.add_argument("--skip-clean", action="store_true")
+    parser.add_argument("--partial-interval", type=float, default=TranscriptionConfig().partial_interval_s,
+                        help="transcription.partial_interval_s (s of audio between partials)")
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=EngineConfig().encoder_window,
+                        help="engine.encoder_window")
     args = parser.parse_args(argv)
 
     model = load_model(args.model, backend="onnxruntime", threads=args.threads)
@@ -223,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if not args.skip_clean:
-            report("clean", spoken, run_live(engines, write_wav(workdir / "clean.wav", spoken.samples), seconds), ends)
+            report("clean", spoken, run_live(engines, write_wav(workdir / "clean.wav", spoken.samples), seconds, args), ends)
         first = args.noises[0]
         mixed = mix_at_snr(spoken.samples, noises[first], args.snr)
         report(f"{first} noise at {args.snr:g} dB", spoken, run_live(engines, write_wav(workdir / "noisy.wav", mixed),
-                                                                     seconds), ends)
+                                                                     seconds, args), ends)
         false = []
         for name, noise in noises.items():
-            false += noise_alone(engines, noise, args.noise_minutes / len(noises), workdir, name)
+            false += noise_alone(engines, noise, args.noise_minutes / len(noises), workdir, name, args)
         print(f"\n== noise alone ({args.noise_minutes:g} min over {', '.join(noises)}): {len(false)} alerts"
               + "".join(f"\n    {a.state} {a.alert} {a.matched_text!r}" for a in false))
     return 0
