@@ -46,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from edgescribe.daemon.fleet_command import FleetClient  # noqa: E402
 from edgescribe.daemon.fleet_view import FleetModel  # noqa: E402
+from edgescribe.daemon.streaming import DropCounts  # noqa: E402
 
 BRIDGE_CONF = Path(__file__).resolve().parents[1] / "config" / "mosquitto" / "bridge.conf"
 FLAGS_OFFLINE = ("OFFLINE", "BRIDGE DOWN")  # what the fleet view shows for a device gone dark
@@ -97,8 +98,7 @@ class SimDevice:
                 "speculative_finals": {"started": self.finals.get(name, 0), "reused": self.finals.get(name, 0),
                                        "discarded": 0},
                 "snr_db": round(rng.uniform(15, 35), 1),
-                "dropped": {"no_speech": 0, "compression_ratio": 0, "repeated_words": 0, "empty_finals": 0,
-                            "rescued_hotter": 0, "rescued_beam": 0},
+                "dropped": {counter.name: 0 for counter in fields(DropCounts)},  # the daemon's own counters
                 "discarded_bursts": 0, "length_cuts": 0,
             }
         jetson = None
