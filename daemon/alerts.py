@@ -123,6 +123,28 @@ class PhraseMatcher:
         return best
 
 
+class PhraseWatch:
+    """Whether an alert phrase of a stream may be on its way into a partial's stable text.
+
+    The transcriber asks it after every partial: while the answer is yes it takes partials
+    more often (``daemon/streaming.py`` ``WATCH_INTERVAL_S``), because a phrase turns stable,
+    and its early alert fires, only when two successive partials agree on it. A phrase is on
+    its way when its first word is among the unsettled words, or among the last stable ones
+    with too few stable words after it to hold the rest of the phrase. Watching costs only
+    extra partials, so the first word is matched exactly (normalised), not within the alert's
+    tolerance."""
+
+    def __init__(self, phrases: list[str]):
+        # (first token, tokens in the phrase)
+        self._phrases = {(tokens[0].text, len(tokens)) for tokens in map(_tokens, phrases) if tokens}
+
+    def pending(self, stable: list[str], unsettled: list[str]) -> bool:
+        stable_tokens = [token.text for token in _tokens(" ".join(stable))]
+        unsettled_tokens = {token.text for token in _tokens(" ".join(unsettled))}
+        return any(first in unsettled_tokens or first in stable_tokens[max(0, len(stable_tokens) - length + 1) :]
+                   for first, length in self._phrases)
+
+
 @dataclass(frozen=True)
 class AlertCounts:
     """Alerts of one name since start, by state."""

@@ -7,7 +7,7 @@ what they measure is the path the daemon takes.
 from __future__ import annotations
 
 import threading
-from typing import Callable
+from typing import Callable, Sequence
 
 from edgescribe.daemon.capture import CaptureStream
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
@@ -15,7 +15,7 @@ from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import Event
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler
 from edgescribe.daemon.segmenter import Segmenter
-from edgescribe.daemon.streaming import StreamTranscriber
+from edgescribe.daemon.streaming import WATCH_INTERVAL_S, StreamTranscriber
 from edgescribe.daemon.vad import create_vad
 
 
@@ -63,13 +63,18 @@ class StreamPipeline:
         scheduler: InferenceScheduler,
         engines: EngineManager,
         emit: Callable[[Event], None],
+        alert_phrases: Sequence[str] = (),
     ) -> "StreamPipeline":
-        # the segmenter hands out the utterance so far only as often as a partial is wanted
+        """``alert_phrases``: the stream's alert phrases (partials come faster while one may be
+        starting, daemon/streaming.py WATCH_INTERVAL_S)."""
+        # the segmenter hands out the utterance so far only as often as a partial may be wanted
         updates = transcription.partial_interval_s if transcription.partials else None
+        if updates is not None and alert_phrases:
+            updates = min(updates, WATCH_INTERVAL_S)
         return cls(
             CaptureStream(stream, capture, on_event=emit),
             Segmenter(stream.name, segmenter, create_vad(vad), update_interval_s=updates, thresholds=vad),
-            StreamTranscriber(stream.name, transcription, scheduler, engines, emit=emit),
+            StreamTranscriber(stream.name, transcription, scheduler, engines, emit=emit, alert_phrases=alert_phrases),
         )
 
     @property

@@ -203,7 +203,7 @@ class Service:
         c = self.config
         pipeline = StreamPipeline.build(
             stream_config, c.capture, c.vad, c.segmenter, _with_alert_hotwords(c, stream_config.name), self.scheduler,
-            self.engines, self.emit
+            self.engines, self.emit, alert_phrases=_alert_phrases(c, stream_config.name)
         )
         pipeline.start()
         self.streams[pipeline.name] = pipeline
@@ -393,14 +393,19 @@ class Service:
         )
 
 
+def _alert_phrases(config: Config, stream: str) -> list[str]:
+    """The phrases of the alerts that listen to ``stream``, each once."""
+    return list(dict.fromkeys(phrase for rule in config.alerts.rules if not rule.streams or stream in rule.streams
+                              for phrase in rule.phrases))
+
+
 def _with_alert_hotwords(config: Config, stream: str):
     """The stream's transcription settings, with its alerts' phrases as hotwords (alerts.hotwords)."""
     transcription = config.transcription
     if not config.alerts.hotwords:
         return transcription
-    phrases = [phrase for rule in config.alerts.rules if not rule.streams or stream in rule.streams
-               for phrase in rule.phrases if phrase not in transcription.hotwords]
-    return transcription.model_copy(update={"hotwords": [*transcription.hotwords, *dict.fromkeys(phrases)]})
+    phrases = [phrase for phrase in _alert_phrases(config, stream) if phrase not in transcription.hotwords]
+    return transcription.model_copy(update={"hotwords": [*transcription.hotwords, *phrases]})
 
 
 def _percentile(sorted_values: list[float], q: float) -> Optional[float]:

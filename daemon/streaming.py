@@ -54,11 +54,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from edgescribe.daemon import chinese_script
+from edgescribe.daemon.alerts import PhraseWatch
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import Confidence, TranscriptEvent, WordTiming
 from edgescribe.daemon.scheduler import DecodeOutcome, DecodeRequest, EngineManager, InferenceScheduler, ModelLease
@@ -83,6 +84,11 @@ _MAX_REPEATED_WORDS = 6
 # (engines/fallback.py). Below it, bursts are short enough that a wrong "silence" costs a word
 # or two, and a hotter decode of a door slam only invents some.
 DOUBT_SILENCE_AFTER_S = 2.0
+# While an alert phrase may be on its way into the stable words (daemon/alerts.py PhraseWatch),
+# partials come this often (audio s) instead of every partial_interval_s: the phrase turns
+# stable, and its early alert fires, one agreeing partial later. The scheduler's partial
+# budget still bounds what they cost.
+WATCH_INTERVAL_S = 0.25
 
 
 def _word_key(word: str) -> str:
@@ -288,6 +294,9 @@ class _Settings:
     # transcription.chinese_script: applied to every hypothesis before the agreement sees it,
     # so stable words stay stable in the plant's script
     script: Callable[[str], str] = lambda text: text
+    # whether an alert phrase may be on its way into the stable words (PhraseWatch.pending,
+    # given the stable and the unsettled words): then partials come faster
+    watch: Callable[[list[str], list[str]], bool] = lambda stable, unsettled: False
 
 
 @dataclass
@@ -333,6 +342,7 @@ class LiveUtterance:
         self._sequence = 0
         self._published = False  # whether any event of it went out (then a final must follow)
         self._last_partial_s = -1e9  # utterance length (audio s) at the last partial queued
+        self._watching = False  # an alert phrase may be on its way into the stable words
         self._offered: Optional[Utterance] = None  # the update whose Offer awaits its answer
         self._speculation: Optional[_Speculation] = None
         # (speech_end, samples) of the last pause update: a final after it with no more speech
@@ -410,7 +420,8 @@ class LiveUtterance:
         # measured in audio time, like the segmenter's updates (a little slack for frame
         # rounding), so a replayed file at any speed yields the same partials as live audio
         duration = len(update.samples) / SAMPLE_RATE
-        if not config.partials or duration - self._last_partial_s < config.partial_interval_s * 0.95:
+        interval = min(config.partial_interval_s, WATCH_INTERVAL_S) if self._watching else config.partial_interval_s
+        if not config.partials or duration - self._last_partial_s < interval * 0.95:
             return []
         # Mid-speech, the audio ends inside a word, and Whisper completes a cut word into
         # whatever fits ("what your coun-" became a profanity in tiny.en's partial of JFK).
@@ -424,10 +435,11 @@ class LiveUtterance:
             return []
         if not all(self._settings.gates.is_usable(r) for r in outcome.results):
             return []  # a dubious hypothesis would only poison the agreement
-        words = self._dedupe(stream, self._settings.script(" ".join(r.text.strip() for r in outcome.results)).split())
-        if outcome.request.tag:  # cut mid-word
-            words = words[:-1]  # also kept out of the agreement: a cut word must not turn stable
+        heard = self._dedupe(stream, self._settings.script(" ".join(r.text.strip() for r in outcome.results)).split())
+        # cut mid-word: the last word is kept out of the agreement (a cut word must not turn stable)
+        words = heard[:-1] if outcome.request.tag else heard
         stable, tail = self._agreement.update(words)
+        self._watching = self._settings.watch(stable, heard[len(stable):])
         if not stable and not tail:
             return []  # nothing to show yet
         audio_end = self._audio_start + sum(len(w) for w in outcome.request.windows) / SAMPLE_RATE
@@ -672,7 +684,9 @@ class StreamTranscriber:
         scheduler: InferenceScheduler,
         engines: EngineManager,
         emit: Callable[[TranscriptEvent], None],
+        alert_phrases: Sequence[str] = (),
     ):
+        """``alert_phrases``: the stream's alert phrases, watched for in partials (PhraseWatch)."""
         self.stream = stream
         self.config = config
         self._scheduler = scheduler
@@ -681,8 +695,10 @@ class StreamTranscriber:
         gates = QualityGates(config.compression_ratio_threshold, config.log_prob_threshold, config.no_speech_threshold)
         # the first attempt goes in the scheduler's window; a retry may ask for the full one
         ladder = FallbackLadder(tuple(config.temperatures), config.beam_size, scheduler.encoder_window)
-        self._settings = _Settings(stream, config, gates, ladder, self._deliver,
-                                   chinese_script.converter(config.chinese_script))
+        script = chinese_script.converter(config.chinese_script)
+        # the phrases in the plant's script, as the hypotheses are
+        watch = PhraseWatch([script(phrase) for phrase in alert_phrases])
+        self._settings = _Settings(stream, config, gates, ladder, self._deliver, script, watch.pending)
         self._lock = threading.Lock()
         self._open: dict[str, LiveUtterance] = {}
         self._memory = StreamMemory()

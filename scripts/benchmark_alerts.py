@@ -49,7 +49,7 @@ from edgescribe.daemon.events import AlertEvent, TranscriptEvent  # noqa: E402
 from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
 from edgescribe.daemon.segmenter import Segmenter  # noqa: E402
-from edgescribe.daemon.streaming import StreamTranscriber  # noqa: E402
+from edgescribe.daemon.streaming import WATCH_INTERVAL_S, StreamTranscriber  # noqa: E402
 from edgescribe.daemon.vad import create_vad  # noqa: E402
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edgescribe.engines.backend import load_model  # noqa: E402
@@ -141,7 +141,8 @@ def run_live(engines, wav: Path, seconds: float, args) -> Recorder:
     scheduler = scheduler_for(args)
     scheduler.start()
     pipeline = StreamPipeline.build(StreamConfig(name="mic", file=str(wav), speed=1.0), CaptureOptions(), VadOptions(),
-                                    SegmenterOptions(), transcription(args), scheduler, engines, recorder)
+                                    SegmenterOptions(), transcription(args), scheduler, engines, recorder,
+                                    alert_phrases=list(PHRASES.values()))
     try:
         pipeline.start()
         pipeline.join(seconds + 120)
@@ -196,9 +197,10 @@ def noise_alone(engines, noise: np.ndarray, minutes: float, workdir: Path, name:
     scheduler = scheduler_for(args)
     scheduler.start()
     vad = VadOptions()
-    segmenter = Segmenter("mic", SegmenterOptions(), create_vad(vad), update_interval_s=args.partial_interval,
+    segmenter = Segmenter("mic", SegmenterOptions(), create_vad(vad), update_interval_s=min(args.partial_interval, WATCH_INTERVAL_S),
                           thresholds=vad)
-    transcriber = StreamTranscriber("mic", transcription(args), scheduler, engines, emit=recorder)
+    transcriber = StreamTranscriber("mic", transcription(args), scheduler, engines, emit=recorder,
+                                    alert_phrases=list(PHRASES.values()))
     try:
         run_synchronously(wav, transcriber, scheduler, segmenter, timeout_s=1800)
     finally:

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from edgescribe.daemon.alerts import AlertTracker, PhraseMatcher
+from edgescribe.daemon.alerts import AlertTracker, PhraseMatcher, PhraseWatch
 from edgescribe.daemon.chinese_script import converter
 from edgescribe.daemon.config import Config, InvalidConfig
 from edgescribe.daemon.config.alerts import AlertRule
@@ -148,3 +148,14 @@ def test_bad_alert_config_is_one_clear_line(rules, expected):
         load_text(f"device_id: x\nstreams:\n  - name: press\n    device: hw:0\nalerts:\n  rules:\n{rules}", Config,
                   "c.yaml")
     assert expected in str(error.value), str(error.value)
+
+
+def test_a_phrase_is_watched_from_its_first_unsettled_word_until_it_is_stable_whole():
+    watch = PhraseWatch(["stop the line", "停止生产"])
+    assert watch.pending(["please"], ["Stop,", "the"])  # normalised: case and punctuation
+    assert watch.pending(["please", "stop", "the"], [])  # begun in the stable words, not yet whole
+    assert not watch.pending(["please", "stop", "the", "line"], ["now"])  # whole: the early alert can fire
+    assert not watch.pending(["stop", "the", "press", "now"], [])  # too far back to still be that phrase
+    assert not watch.pending([], ["start", "the", "line"])
+    assert watch.pending(["well", "stop"], []) and watch.pending(["stop"], [])  # fewer stable words than the phrase
+    assert watch.pending(["马上"], ["停"]) and not watch.pending(["马上停止生产"], [])  # Chinese by characters

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from edgescribe.daemon.capture import AlsaSource, CaptureStream
-from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig
+from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import GapEvent
 from edgescribe.daemon.pipeline import consume
@@ -24,6 +24,7 @@ from edgescribe.daemon.ring_buffer import AudioBlock
 from edgescribe.daemon.scheduler import InferenceScheduler
 from edgescribe.daemon.segmenter import PAUSE_AFTER_S, Segmenter, Utterance
 from edgescribe.daemon.streaming import (
+    WATCH_INTERVAL_S,
     LocalAgreement,
     StreamTranscriber,
     build_prompt,
@@ -32,7 +33,7 @@ from edgescribe.daemon.streaming import (
     split_windows,
     strip_repeated_prefix,
 )
-from edgescribe.daemon.vad import SileroVad
+from edgescribe.daemon.vad import SileroVad, create_vad
 from edgescribe.engines.audio import N_FRAMES, load_audio
 from edgescribe.engines.decoding import compression_ratio, decode
 from edgescribe.engines.word_timing import Word
@@ -177,6 +178,29 @@ def test_corpus_speech_gives_partials_then_one_final_per_utterance(corpus, tmp_p
     counts = corpus_counts((spoken.references[key], text) for key, text in hypotheses.items())
     print(f"streaming WER {counts.rate:.3f} over {counts.reference_length} words; {len(finals)} finals, {len(partials)} partials")
     assert counts.rate < 0.15  # tiny.en reads these clean files at ~5 % (offline about the same)
+
+
+def test_partials_come_faster_while_an_alert_phrase_may_be_starting(corpus, tmp_path, tiny_en_model, scheduler):
+    # the first 5 s of a sentence without a pause; "stew for dinner" is spoken 1.6-2.6 s in
+    wav = write_wav(tmp_path / "stew.wav", load_audio_file(corpus, "ls_1089-134686-0000")[: 5 * 16000])
+
+    def run(alert_phrases: list[str], updates: float):
+        events = Collected()
+        transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_en_model), events,
+                                        alert_phrases=alert_phrases)
+        run_synchronously(wav, transcriber, scheduler,
+                          Segmenter("mic", SegmenterOptions(), create_vad(VadOptions()), update_interval_s=updates))
+        partials = [e for e in events.transcripts() if e.kind == "partial"]
+        stable_at = next(e.audio_end for e in partials if "stew for dinner" in e.stable_text.lower())
+        return stable_at, partials, events.finals()
+
+    plain_at, plain_partials, plain_finals = run([], TranscriptionConfig().partial_interval_s)
+    # the pipeline's segmenter updates as often as a watched partial may be wanted
+    watched_at, watched_partials, watched_finals = run(["stew for dinner", "stop the line"], WATCH_INTERVAL_S)
+    assert watched_at <= plain_at - 0.5, (watched_at, plain_at)
+    # faster only while "stew" (then "stop", never heard) is unsettled: not every update
+    assert len(plain_partials) < len(watched_partials) < 5 / WATCH_INTERVAL_S * 0.6
+    assert [f.text for f in watched_finals] == [f.text for f in plain_finals]  # finals never depend on partials
 
 
 # -- real ALSA capture, and a stalled engine -------------------------------------------------
