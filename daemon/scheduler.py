@@ -21,7 +21,7 @@ import collections
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -30,7 +30,8 @@ import numpy as np
 from edgescribe.daemon.events import ModelEvent
 from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES
 from edgescribe.engines.backend import load_model
-from edgescribe.engines.decoding import DecodingOptions, decode
+from edgescribe.engines.audio import SAMPLE_RATE
+from edgescribe.engines.decoding import DecodingOptions, continuation, decode
 from edgescribe.engines.encoder_window import EncoderWindow
 from edgescribe.engines.errors import ModelPackageError
 from edgescribe.engines.word_timing import SpanTokens, Word, time_words
@@ -193,6 +194,12 @@ class DecodeRequest:
     # A final's retry asks for "full" after a short window failed (engines/fallback.py).
     encoder_window: Optional[EncoderWindow] = None
     word_timestamps: bool = False  # finals only: time each window's words (DecodeOutcome.words)
+    # A final decoded after its context (daemon/streaming.py CONTEXT_AFTER_GAP_S): the first
+    # ``context_samples`` of its one window are earlier audio, and ``prefix``, their text, is
+    # forced as the start of the transcript. The outcome holds only what follows: text and
+    # scores of the continuation, word times from the start of the audio after the context.
+    prefix: str = ""
+    context_samples: int = 0
     tag: Any = None  # the submitter's own note, handed back untouched with the outcome
     submitted: float = field(default_factory=time.monotonic)
 
@@ -449,13 +456,31 @@ class InferenceScheduler:
                 encoded = model.runner.encode(stacked)
                 decoded = self._decode(model, stacked, chosen, encoded=encoded)
             for row, (index, result) in enumerate(zip(indices, decoded)):
-                results[index] = result
+                forced = len(options[index].prefix)
+                results[index] = continuation(result, forced, model.tokenizer) if forced else result
                 if timed is not None:
                     # real frames only: the rest of the encoder window is padding
                     frames = min(len(timed.windows[index]) // HOP_LENGTH, N_FRAMES)
                     cross = model.runner.select_cross(encoded, np.array([row]))
-                    words[index] = self._time_words(model, cross, result, frames)
+                    # the forced prefix is timed too (it is what the context audio says), then left out
+                    timed_words = self._time_words(model, cross, result, frames)
+                    words[index] = _after_context(timed_words, model.tokenizer.decode(result.tokens[:forced]),
+                                                  timed.context_samples / SAMPLE_RATE) if forced else timed_words
         return results, words
+
+
+def _after_context(words: Optional[list[Word]], prefix: str, context_s: float) -> Optional[list[Word]]:
+    """The words after those that spell ``prefix``, times moved to the audio after the context;
+    None when the words do not split there (the final then goes out untimed)."""
+    if words is None:
+        return None
+    spelled, target = "", prefix.replace(" ", "")
+    for count, word in enumerate(words):
+        if spelled == target:
+            return [replace(w, start=max(0.0, w.start - context_s), end=max(0.0, w.end - context_s))
+                    for w in words[count:]]
+        spelled += word.word.replace(" ", "")
+    return [] if spelled == target else None
 
 
 def _decode_groups(batch: list[DecodeRequest]) -> list[list[DecodeRequest]]:
@@ -479,6 +504,7 @@ def _options_for(request: DecodeRequest, model: Any) -> DecodingOptions:
         language=request.language if multilingual else "en",
         temperature=request.temperature,
         prompt=tuple(model.tokenizer.encode_prompt(request.prompt)) if request.prompt else (),
+        prefix=tuple(model.tokenizer.encode_prompt(request.prefix)) if request.prefix else (),
         without_timestamps=True,  # a live utterance is one segment; its times come from the segmenter
         seed=0,  # fallback sampling is reproducible, as in the offline pipeline
         beam_size=request.beam_size,

@@ -24,6 +24,18 @@ refused, and the final must not then hear different audio (issue 15: finals are 
 function of the audio alone, tests/daemon/test_determinism.py). A fixed tail of zeros
 instead was tried and rejected: it changed words (JFK's "Americans" became "American").
 
+Context: the segmenter ends an utterance at a pause, and people pause inside sentences,
+more so on a loud floor. A piece decoded alone loses words (tiny.en on the corpus in pump
+noise: most extra errors were inside split sentences, not only next to the cut). So a final
+whose utterance began within ``CONTEXT_AFTER_GAP_S`` of the previous one's end is decoded
+after the previous utterance's audio, with the previous final forced as the start of its
+transcript (the decoder's prefix), and only the continuation is kept: the model hears and
+reads what came just before, as offline decoding of the whole sentence does. Finals of a
+stream therefore go out in order, each queued once the one before is out (a second one
+waiting holds the pipeline thread, which keeps the back-pressure of a full final queue),
+and a speculation starts only once the previous final is out, so the context, and the
+text, never depend on timing.
+
 Partials: a periodic update ends mid-speech, usually inside a word, and Whisper completes
 a cut word into whatever fits; so the last word of a mid-speech hypothesis is neither shown
 nor fed to the agreement. Partials lag one word behind the audio for it.
@@ -78,6 +90,9 @@ _CUT_TOLERANCE_S = 0.05
 # Longest run of words the boundary de-duplication removes: about the 1-2 s of audio a
 # segmenter pre-roll can repeat. Longer matches are more likely to be real speech.
 _MAX_REPEATED_WORDS = 6
+# A previous final longer than this is not used as context: its forced text would crowd the
+# decoder's text context (and the TensorRT profile's prompt length).
+_MAX_CONTEXT_WORDS = 48
 # An utterance with at least this much speech (by the voice detector) is not dropped as
 # silence on the first decode's word: the gates must find it silent at every temperature, and
 # its windows that fail every temperature get one beam-search decode before they are dropped
@@ -89,6 +104,14 @@ DOUBT_SILENCE_AFTER_S = 2.0
 # stable, and its early alert fires, one agreeing partial later. The scheduler's partial
 # budget still bounds what they cost.
 WATCH_INTERVAL_S = 0.25
+# A final whose utterance began within this much audio time of the previous one's end is
+# decoded after that utterance's audio, with its final forced as the start of the transcript
+# (the decoder's prefix); only the continuation is kept. The model then hears and reads what
+# was said just before, as when a whole sentence is decoded offline: without it, sentences the
+# segmenter split at a pause lost words at the cut (issue 16; docs/benchmarks.md "Finals with
+# the previous utterance as context"). The final waits for the previous one's text, so its
+# own text still depends on the stream's audio alone, never on timing.
+CONTEXT_AFTER_GAP_S = 3.0
 
 
 def _word_key(word: str) -> str:
@@ -210,7 +233,8 @@ def split_windows(samples: np.ndarray) -> list[np.ndarray]:
 @dataclass(frozen=True)
 class Queue:
     """Queue a decode the utterance needs. A final may wait for room (back-pressure), so the
-    driver queues it outside its lock; ``urgent`` (a fallback retry) goes first and never waits."""
+    driver queues it outside its lock; ``urgent`` (a fallback retry, or a final that waited
+    for its stream's previous one) goes first and never waits."""
 
     request: DecodeRequest
     urgent: bool = False
@@ -299,6 +323,14 @@ class _Settings:
     watch: Callable[[list[str], list[str]], bool] = lambda stable, unsettled: False
 
 
+@dataclass(frozen=True)
+class _Context:
+    """What a final's decode is given before its own audio (``CONTEXT_AFTER_GAP_S``)."""
+
+    samples: np.ndarray  # the end of the previous utterance's audio, heard first
+    prefix: str  # the previous final's text, forced as the start of the transcript
+
+
 @dataclass
 class _Speculation:
     """A final's first decode, started when the utterance paused (see the module docstring)."""
@@ -311,6 +343,7 @@ class _Speculation:
 class Phase(enum.Enum):
     OPEN = "open"  # speech goes on: updates may give partials
     SPECULATING = "speculating"  # paused: the final's first decode started on the audio so far
+    WAITING = "waiting"  # ended: the final waits for the previous utterance's (order, context)
     DECODING_FINAL = "decoding final"  # ended: one attempt of the fallback ladder is queued or running
     DONE = "done"  # the final went out, nothing was owed, or the stream closed
 
@@ -330,7 +363,11 @@ class LiveUtterance:
     it goes through the same gates, fallback and de-duplication as a fresh one.
     """
 
-    def __init__(self, first: Utterance, lease: ModelLease, continues: bool, settings: _Settings):
+    def __init__(self, first: Utterance, lease: ModelLease, continues: bool, settings: _Settings,
+                 previous: Optional["LiveUtterance"] = None, with_context: bool = False):
+        """``previous``: the stream's utterance before this one. Its final goes out first (the
+        finals of a stream are published in order), and is this final's context when
+        ``with_context`` (this one began within ``CONTEXT_AFTER_GAP_S`` of its end)."""
         self.utterance_id = first.utterance_id
         self.phase = Phase.OPEN
         self._settings = settings
@@ -359,6 +396,12 @@ class LiveUtterance:
         self._ended_at = 0.0  # monotonic time the ended update arrived
         self._duration = 0.0
         self._speech_s = 0.0  # what the voice detector scored as speech in it
+        self._previous = previous  # until this final's context is taken from it
+        self._with_context = with_context
+        self._context: Optional[_Context] = None
+        self.heard: Optional[np.ndarray] = None  # the audio the final decodes, without context (set at the end)
+        self._context_samples = 0  # of the final's window: the context's audio before its own
+        self.final_words: list[str] = []  # the published final's words (the next one's context)
 
     # -- inputs ----------------------------------------------------------------------------
 
@@ -373,8 +416,10 @@ class LiveUtterance:
         if utterance.pause and self._settings.config.speculative_final and utterance.speech_end is not None:
             actions += self._drop_speculation(stream)
             self._pause = (utterance.speech_end, len(utterance.samples))
+            if not self._context_known():
+                return actions  # a speculation would not know its context: the end decodes
             self._offered = utterance
-            request = self._request(split_windows(utterance.samples), stream, final=True,
+            request = self._request(self._final_windows(utterance.samples), stream, final=True,
                                     attempt=self._settings.ladder.first())
             self._speculation = _Speculation(utterance.speech_end, request)
             self.phase = Phase.SPECULATING
@@ -464,6 +509,9 @@ class LiveUtterance:
         self._duration = len(ended.samples) / SAMPLE_RATE
         self._speech_s = ended.speech_s
         stream.previous_audio_end = ended.audio_end
+        self.heard = ended.samples
+        if self._pause is not None and ended.speech_end == self._pause[0]:
+            self.heard = self.heard[: self._pause[1]]  # what a speculation at the pause heard (issue 15)
         speculation = self._speculation
         if speculation is not None and self._speculation_stands_for(ended, stream):
             self._speculation = None
@@ -473,12 +521,44 @@ class LiveUtterance:
                 return []  # still decoding: its outcome finishes the final
             return self._final_decoded(speculation.outcome, stream)
         actions = self._drop_speculation(stream)
-        heard = ended.samples
-        if self._pause is not None and ended.speech_end == self._pause[0]:
-            heard = heard[: self._pause[1]]  # what a speculation at the pause heard (issue 15)
-        windows = split_windows(heard)
+        if not self._context_known():
+            self.phase = Phase.WAITING
+            return actions
+        return actions + self._queue_final(stream)
+
+    def resume_ready(self) -> bool:
+        """Whether a final waiting for the previous one (its context) can be queued now."""
+        return self.phase is Phase.WAITING and self._context_known()
+
+    def resume(self, stream: StreamMemory) -> list[Action]:
+        """Queue a final that waited for the previous one (``resume_ready``). Queued from the
+        inference worker, so it goes first and never waits (a waiting submit there would block
+        the worker that empties the queue); it is the oldest final its stream owes."""
+        if not self.resume_ready():
+            return []
+        self.phase = Phase.DECODING_FINAL
+        return self._queue_final(stream, urgent=True)
+
+    def _queue_final(self, stream: StreamMemory, urgent: bool = False) -> list[Action]:
+        windows = self._final_windows(self.heard)
         self._begin_final(self._request(windows, stream, final=True, attempt=self._settings.ladder.first()))
-        return actions + [Queue(self._final)]
+        return [Queue(self._final, urgent=urgent)]
+
+    def _context_known(self) -> bool:
+        """Whether this final may be decoded: the previous utterance's final, its context, is out."""
+        return self._previous is None or self._previous.phase is Phase.DONE
+
+    def _final_windows(self, heard: np.ndarray) -> list[np.ndarray]:
+        """The windows a final of ``heard`` decodes: one, after its context's audio, when the
+        previous final had text and both fit one window; else ``heard`` alone."""
+        if self._previous is not None:  # settled (_context_known): taken once, so no chain of utterances is kept
+            previous, self._previous = self._previous, None
+            if self._with_context and 0 < len(previous.final_words) <= _MAX_CONTEXT_WORDS and previous.heard is not None:
+                self._context = _Context(previous.heard, " ".join(previous.final_words))
+        context = self._context
+        fits = context is not None and len(context.samples) + len(heard) <= CHUNK_SECONDS * SAMPLE_RATE
+        self._context_samples = len(context.samples) if fits else 0
+        return [np.concatenate([context.samples, heard])] if fits else split_windows(heard)
 
     def _speculation_stands_for(self, ended: Utterance, stream: StreamMemory) -> bool:
         """Whether the speculation can be this ended utterance's first decode: no speech came
@@ -596,6 +676,7 @@ class LiveUtterance:
     def _finish(self, stream: StreamMemory, outcome: DecodeOutcome, words: list[str], kept: list[Any],
                 timings: Optional[tuple[WordTiming, ...]] = None) -> list[Action]:
         self.phase = Phase.DONE
+        self.final_words = words
         # finals complete in submission order (retries jump the queue), so this is the
         # utterance just before the next one to de-duplicate against
         stream.previous_words = words
@@ -632,6 +713,8 @@ class LiveUtterance:
             beam_size=attempt.beam_size if attempt else 1,
             encoder_window=attempt.window if attempt else None,
             word_timestamps=final and config.word_timestamps,
+            prefix=self._context.prefix if final and self._context_samples else "",
+            context_samples=self._context_samples if final else 0,
             tag=tag,
         )
 
@@ -700,7 +783,10 @@ class StreamTranscriber:
         watch = PhraseWatch([script(phrase) for phrase in alert_phrases])
         self._settings = _Settings(stream, config, gates, ladder, self._deliver, script, watch.pending)
         self._lock = threading.Lock()
-        self._open: dict[str, LiveUtterance] = {}
+        self._done = threading.Condition(self._lock)  # notified when an utterance is done
+        self._closed = False
+        self._open: dict[str, LiveUtterance] = {}  # in the order the utterances began
+        self._last: Optional[LiveUtterance] = None  # the utterance that began last (the next one's context)
         self._memory = StreamMemory()
 
     def push(self, utterance: Utterance) -> None:
@@ -708,11 +794,24 @@ class StreamTranscriber:
         with self._lock:
             machine = self._open.get(utterance.utterance_id)
             if machine is None:
-                continues = utterance.audio_start <= self._memory.previous_audio_end + _CUT_TOLERANCE_S
-                machine = LiveUtterance(utterance, self._engines.lease(), continues, self._settings)
+                gap = utterance.audio_start - self._memory.previous_audio_end
+                machine = LiveUtterance(utterance, self._engines.lease(), gap <= _CUT_TOLERANCE_S, self._settings,
+                                        self._last, with_context=gap < CONTEXT_AFTER_GAP_S)
                 self._open[utterance.utterance_id] = machine
+                self._last = machine
             later = self._carry_out(machine, machine.update(utterance, self._memory))
         self._carry_out_unlocked(later)
+        if machine.phase is Phase.WAITING:
+            self._hold_back()
+
+    def _hold_back(self) -> None:
+        """On the pipeline thread, once a second final of the stream waits for its previous one:
+        wait until the first is queued. One waiting final is held without blocking (its
+        predecessor is usually being decoded); more would pile up audio in memory, so this
+        keeps the back-pressure a full final queue gives: while inference is stuck, the ring
+        buffer fills and the loss is reported as a gap."""
+        with self._done:
+            self._done.wait_for(lambda: self._closed or sum(m.phase is Phase.WAITING for m in self._open.values()) < 2)
 
     def speculation_counts(self) -> SpeculationCounts:
         """A consistent copy of the speculative-final counters (read from the health thread)."""
@@ -730,6 +829,8 @@ class StreamTranscriber:
     def close(self) -> None:
         """Forget open utterances (stream stopped); their finals already queued still arrive."""
         with self._lock:
+            self._closed = True
+            self._done.notify_all()
             for machine in list(self._open.values()):
                 self._carry_out(machine, machine.close(self._memory))
 
@@ -762,6 +863,10 @@ class StreamTranscriber:
                 later.append(action)
         if machine.phase is Phase.DONE:
             del self._open[machine.utterance_id]
+            for waiting in list(self._open.values()):  # the next final may have been waiting for this one
+                if waiting.resume_ready():
+                    later += self._carry_out(waiting, waiting.resume(self._memory))
+            self._done.notify_all()  # for _hold_back
         return later
 
     def _carry_out_unlocked(self, actions: list[Action]) -> None:

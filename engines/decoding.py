@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -380,6 +380,25 @@ class _BatchDecoder:
             hit_length_limit=limit_hit,
             token_logprobs=list(token_logprobs or []),
         )
+
+
+def continuation(result: DecodingResult, forced: int, tokenizer: Any) -> DecodingResult:
+    """A result decoded without timestamps, less its first ``forced`` tokens (a prefix the
+    caller forced): the text, scores and span of what the model added after it. Forced tokens
+    were scored 0, so the summed log-probability is the continuation's own; the no-speech
+    probability stays the window's."""
+    rest = result.tokens[forced:]
+    summed = result.avg_logprob * (len(result.tokens) + 1)
+    text = tokenizer.decode(rest).strip()
+    return replace(
+        result,
+        tokens=rest,
+        text=text,
+        avg_logprob=float(summed / (len(rest) + 1)),
+        compression_ratio=compression_ratio(text),
+        spans=[TimedSpan(0.0, None, list(rest))],
+        token_logprobs=result.token_logprobs[forced:],
+    )
 
 
 def split_at_timestamps(tokens: list[int], timestamp_begin: int, without_timestamps: bool = False) -> tuple[list[TimedSpan], bool]:

@@ -18,13 +18,14 @@ from edgescribe.daemon.capture import CaptureStream
 from edgescribe.daemon.config.audio import CaptureOptions, StreamConfig
 from edgescribe.daemon.config.transcription import TranscriptionConfig
 from edgescribe.daemon.events import ModelEvent
-from edgescribe.daemon.scheduler import DecodeRequest, EngineManager, InferenceScheduler
+from edgescribe.daemon.scheduler import DecodeRequest, EngineManager, InferenceScheduler, _after_context
 from edgescribe.daemon.segmenter import Utterance
 from edgescribe.daemon.pipeline import StreamPipeline
 from edgescribe.daemon.streaming import StreamTranscriber
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.backend import load_model
 from edgescribe.engines.decoding import decode
+from edgescribe.engines.word_timing import Word
 from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
@@ -364,3 +365,11 @@ def test_a_package_without_word_timing_gives_finals_their_text_and_one_warning(c
         assert outcome.words == [None]  # untimed, not empty: the final goes out without a words array
     warnings = [r.getMessage() for r in caplog.records if "word_timestamps" in r.getMessage()]
     assert len(warnings) == 1 and "aligner.onnx" in warnings[0], warnings
+
+
+def test_words_after_a_context_start_after_its_text_and_its_audio():
+    words = [Word(" And", 0.1, 0.3, 0.9), Word(" so,", 0.3, 0.5, 0.9), Word(" ask", 2.25, 2.5, 0.8), Word(" not.", 2.5, 3.0, 0.7)]
+    assert _after_context(words, " And so,", 2.0) == [Word(" ask", 0.25, 0.5, 0.8), Word(" not.", 0.5, 1.0, 0.7)]
+    assert _after_context(words, " And so, ask not.", 2.0) == []
+    # a continuation glued to the prefix's last word cannot be split: untimed, not mistimed
+    assert _after_context(words, " And s", 2.0) is None and _after_context(None, " And so,", 2.0) is None

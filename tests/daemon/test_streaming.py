@@ -37,7 +37,7 @@ from edgescribe.daemon.vad import SileroVad, create_vad
 from edgescribe.engines.audio import N_FRAMES, load_audio
 from edgescribe.engines.decoding import compression_ratio, decode
 from edgescribe.engines.word_timing import Word
-from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
+from tests.fixtures.scoring import corpus_counts, normalize, read_transcripts, wer
 from tests.fixtures.alsa import SPEECH_FILE, AlsaDevices, alsa_devices  # noqa: F401
 from tests.fixtures.models import tiny_en_package  # noqa: F401
 from tests.fixtures.streaming import (  # noqa: F401
@@ -415,6 +415,38 @@ def _live_final(corpus, tiny_en_model, decode_with, speech_s=0.0, encoder_window
     return events, transcriber.drop_counts()
 
 
+def test_a_final_after_a_short_pause_is_decoded_after_the_previous_utterance_as_its_context(corpus, tiny_en_model):
+    # JFK's sentence cut at his pause after "Americans," (3.6 s), the rest 0.5 s later
+    audio = load_audio_file(corpus, "jfk_inaugural_1961")
+    first, rest = audio[: int(3.6 * 16000)], audio[int(3.6 * 16000):]
+    prefixes = []
+
+    def recording(model, mel, options, **kwargs):
+        prefixes.extend(model.tokenizer.decode(list(option.prefix)) for option in options)
+        return decode(model, mel, options, **kwargs)
+
+    scheduler = InferenceScheduler(decode=recording)
+    scheduler.start()
+    events = Collected()
+    transcriber = StreamTranscriber("mic", TranscriptionConfig(partials=False), scheduler, engines_for(tiny_en_model),
+                                    events)
+    try:
+        # both end before either is decoded: the second final must wait for the first's text
+        transcriber.push(Utterance("mic", "u1", 0.0, 0.0, first, True, speech_s=3.0))
+        transcriber.push(Utterance("mic", "u2", 4.1, 4.1, rest, True, speech_s=5.0))
+        assert scheduler.wait_idle(180)
+    finally:
+        scheduler.stop()
+    one, two = events.finals()
+    assert (one.utterance_id, two.utterance_id) == ("u1", "u2")
+    assert prefixes == ["", " " + one.text]  # the second heard the first's final as its start
+    # only the continuation is published: nothing of the first final is repeated
+    assert not normalize(two.text).startswith(normalize(one.text).split()[0])
+    assert wer("and so my fellow americans ask not what your country can do for you ask what you can do for your "
+               "country", normalize(f"{one.text} {two.text}")) < 0.1
+    assert two.audio_start == 4.1 and two.audio_end == pytest.approx(4.1 + len(rest) / 16000)
+
+
 def _silent_when_cold(seen):
     """A real decode made to look like silence (no-speech 0.9) that only a hotter decode
     reads with confidence, as Whisper does with a quiet talker on a loud floor."""
@@ -561,18 +593,18 @@ def test_words_repeated_across_a_cut_are_removed_only_at_a_cut(corpus, tiny_en_m
 def test_partials_are_skipped_while_finals_wait_and_no_final_is_dropped(corpus, tiny_en_model):
     audio = load_audio_file(corpus, "ls_1089-134691-0000")
     events = Collected()
-    scheduler = InferenceScheduler(max_batch=2)  # not started yet: inference is "behind"
+    scheduler = InferenceScheduler(max_batch=1)  # not started yet: inference is "behind"
     transcriber = StreamTranscriber("mic", TranscriptionConfig(), scheduler, engines_for(tiny_en_model), events)
-    for number in range(3):  # three utterances ended and are waiting for inference
+    for number in range(2):  # two utterances ended: one final queued, the next waits for it (its context)
         transcriber.push(Utterance("mic", f"u{number}", 3.0 * number, 3.0 * number, audio, True))
-    transcriber.push(Utterance("mic", "u3", 9.0, 9.0, audio[:16000], False))
-    assert scheduler.pending() == (3, 0)  # the partial was not queued
+    transcriber.push(Utterance("mic", "u2", 6.0, 6.0, audio[:16000], False))
+    assert scheduler.pending() == (1, 0)  # the partial was not queued
     scheduler.start()
     try:
         assert scheduler.wait_idle(120)
     finally:
         scheduler.stop()
-    assert [e.utterance_id for e in events.finals()] == ["u0", "u1", "u2"]
+    assert [e.utterance_id for e in events.finals()] == ["u0", "u1"]
     assert all("longer" in e.text.lower() for e in events.finals())
 
 
@@ -703,7 +735,9 @@ def test_speculative_finals_read_corpus_speech_as_well_as_plain_finals(corpus, t
     assert counts.started == counts.reused + counts.discarded  # the stream ended: none left open
     same = sum(a.text == b.text for a, b in zip(finals[True], finals[False]))
     print(f"{len(finals[True])} finals, {same} with identical text; WER plain {rates[False]:.3f}, speculative {rates[True]:.3f}")
-    assert same >= len(finals[True]) - 1  # the audio after the pause is silence: a word may change, rarely
+    # the audio after the pause is silence: a word may change, rarely, and with it the next
+    # final's context (its prefix), so a change can carry on to the finals that follow
+    assert same >= len(finals[True]) // 2
     assert rates[True] <= rates[False] + 0.02
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgescribe.engines.audio import load_audio, pad_or_trim
-from edgescribe.engines.decoding import DecodingOptions, compression_ratio, decode, split_at_timestamps
+from edgescribe.engines.decoding import DecodingOptions, compression_ratio, continuation, decode, split_at_timestamps
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
 from tests.fixtures.scoring import normalize
 from tests.fixtures.whisper_models import base_model, tiny_en_model  # noqa: F401  (fixtures)
@@ -78,6 +78,20 @@ def test_prefix_is_forced(tiny_en_model, windows):
     option = DecodingOptions(prefix=tuple(tokenizer.encode_prompt("And so, my fellow citizens")))
     result = decode(tiny_en_model, windows["jfk_inaugural_1961"][None], option)[0]
     assert result.text.startswith("And so, my fellow citizens")
+
+
+def test_the_continuation_of_a_prefixed_decode_scores_only_what_follows_the_prefix(tiny_en_model, windows):
+    tokenizer = tiny_en_model.tokenizer
+    prefix = tuple(tokenizer.encode_prompt("And so, my fellow"))
+    option = DecodingOptions(prefix=prefix, without_timestamps=True)
+    result = decode(tiny_en_model, windows["jfk_inaugural_1961"][None], option)[0]
+    rest = continuation(result, len(prefix), tokenizer)
+    assert result.tokens[: len(prefix)] == list(prefix) and rest.tokens == result.tokens[len(prefix) :]
+    assert rest.text == tokenizer.decode(rest.tokens).strip() and rest.text.lower().startswith("americans")
+    # forced tokens were scored 0: the continuation's average is over its own tokens
+    assert rest.avg_logprob * (len(rest.tokens) + 1) == pytest.approx(result.avg_logprob * (len(result.tokens) + 1))
+    assert rest.avg_logprob < result.avg_logprob and rest.compression_ratio == compression_ratio(rest.text)
+    assert rest.token_logprobs == result.token_logprobs[len(prefix) :] and rest.no_speech_prob == result.no_speech_prob
 
 
 def test_sample_len_bounds_the_output(tiny_en_model, windows):
