@@ -55,6 +55,17 @@ def check_alerts(messages) -> dict[tuple[str, str], dict]:
     return {(p["alert"], p["state"]): p for p in alerts}
 
 
+def stop_and_collect(daemon, subscriber) -> list:
+    """Stop the daemon with SIGTERM, check it stopped cleanly, and return what the subscriber
+    received up to the daemon's ``stopped``."""
+    daemon.send_signal(signal.SIGTERM)
+    _, stderr = daemon.communicate(timeout=60)
+    assert daemon.returncode == 0, stderr
+    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
+    subscriber.disconnect()
+    return messages
+
+
 def test_alert_fires_early_from_a_partial_once_and_the_final_confirms_it(tmp_path, mosquitto, tiny_en_package):
     subscriber = Subscriber(mosquitto.port, ["edgescribe/test-press/#"]).connect()
     discovery = Subscriber(mosquitto.port, ["homeassistant/event/#"]).connect()
@@ -69,13 +80,9 @@ def test_alert_fires_early_from_a_partial_once_and_the_final_confirms_it(tmp_pat
         assert daemon.poll() is None, daemon.communicate()[1]
         time.sleep(1.5)  # a health interval: the counters reach the snapshot Prometheus renders
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-        daemon.send_signal(signal.SIGTERM)
-        _, stderr = daemon.communicate(timeout=60)
+        messages = stop_and_collect(daemon, subscriber)
     finally:
         daemon.kill()
-    assert daemon.returncode == 0, stderr
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
     alerts = check_alerts(messages)
     early, confirmed = alerts[("stew", "early")], alerts[("stew", "confirmed")]
     assert early["matched_text"].lower() == "stew for dinner" and early["utterance_id"] == confirmed["utterance_id"]
@@ -190,13 +197,9 @@ def test_an_early_alert_the_final_does_not_bear_out_is_retracted(tmp_path, mosqu
         subscriber.wait_for(lambda m: any(x.json()["alerts"]["college"]["retracted"] for x in m
                                           if x.topic.endswith("/health")), timeout=10)
         assert daemon.poll() is None, daemon.communicate()[1]
-        daemon.send_signal(signal.SIGTERM)
-        _, stderr = daemon.communicate(timeout=60)
+        messages = stop_and_collect(daemon, subscriber)
     finally:
         daemon.kill()
-    assert daemon.returncode == 0, stderr
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
     alerts = check_alerts(messages)
     assert set(alerts) == {("college", "early"), ("college", "retracted")}, sorted(alerts)
     early, retracted = alerts[("college", "early")], alerts[("college", "retracted")]
