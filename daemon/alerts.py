@@ -137,11 +137,17 @@ class PhraseWatch:
     def __init__(self, phrases: list[str]):
         # (first token, tokens in the phrase)
         self._phrases = {(tokens[0].text, len(tokens)) for tokens in map(_tokens, phrases) if tokens}
+        self._longest = max((length for _, length in self._phrases), default=0)
 
     def pending(self, stable: list[str], unsettled: list[str]) -> bool:
-        stable_tokens = [token.text for token in _tokens(" ".join(stable))]
+        # only the last words of the stable text can hold a phrase's start without its end
+        recent: list[str] = []
+        for word in reversed(stable):
+            if len(recent) >= self._longest - 1:
+                break
+            recent[:0] = [token.text for token in _tokens(word)]
         unsettled_tokens = {token.text for token in _tokens(" ".join(unsettled))}
-        return any(first in unsettled_tokens or first in stable_tokens[max(0, len(stable_tokens) - length + 1) :]
+        return any(first in unsettled_tokens or first in recent[max(0, len(recent) - length + 1) :]
                    for first, length in self._phrases)
 
 

@@ -7,7 +7,7 @@ what they measure is the path the daemon takes.
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 from edgescribe.daemon.capture import CaptureStream
 from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, StreamConfig, VadOptions
@@ -40,6 +40,16 @@ def consume(capture: CaptureStream, segmenter: Segmenter, transcriber: StreamTra
         transcriber.push(utterance)
 
 
+def update_interval(transcription: TranscriptionConfig, alert_phrases: Sequence[str] = ()) -> Optional[float]:
+    """Seconds of audio between the segmenter's updates of an utterance so far: only as often
+    as a partial may be wanted, and at the watch pace when the stream has alert phrases."""
+    if not transcription.partials:
+        return None
+    if alert_phrases:
+        return min(transcription.partial_interval_s, WATCH_INTERVAL_S)
+    return transcription.partial_interval_s
+
+
 class StreamPipeline:
     def __init__(self, capture: CaptureStream, segmenter: Segmenter, transcriber: StreamTranscriber):
         self.capture = capture
@@ -67,13 +77,10 @@ class StreamPipeline:
     ) -> "StreamPipeline":
         """``alert_phrases``: the stream's alert phrases (partials come faster while one may be
         starting, daemon/streaming.py WATCH_INTERVAL_S)."""
-        # the segmenter hands out the utterance so far only as often as a partial may be wanted
-        updates = transcription.partial_interval_s if transcription.partials else None
-        if updates is not None and alert_phrases:
-            updates = min(updates, WATCH_INTERVAL_S)
         return cls(
             CaptureStream(stream, capture, on_event=emit),
-            Segmenter(stream.name, segmenter, create_vad(vad), update_interval_s=updates, thresholds=vad),
+            Segmenter(stream.name, segmenter, create_vad(vad),
+                      update_interval_s=update_interval(transcription, alert_phrases), thresholds=vad),
             StreamTranscriber(stream.name, transcription, scheduler, engines, emit=emit, alert_phrases=alert_phrases),
         )
 

@@ -253,9 +253,10 @@ class InferenceScheduler:
     def submit(self, request: DecodeRequest, urgent: bool = False, timeout: Optional[float] = None) -> bool:
         """Queue a request. A partial replaces a queued partial of the same utterance.
 
-        A final waits while ``max_pending_finals`` are queued (back-pressure); ``urgent``
-        finals (temperature fallback retries) go to the front and never wait, so a retry
-        cannot deadlock against the queue it is part of. Returns False if stopped or timed out.
+        A final waits while ``max_pending_finals`` are queued (back-pressure). ``urgent``
+        finals go to the front and never wait: they are queued by the inference worker itself
+        (a fallback retry, or a final that waited for its stream's previous one), which must
+        not block on the queue it empties. Returns False if stopped or timed out.
         """
         with self._cond:
             if request.final:

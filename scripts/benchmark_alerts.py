@@ -46,10 +46,10 @@ from edgescribe.daemon.config.audio import CaptureOptions, SegmenterOptions, Str
 from edgescribe.daemon.config.engine import EngineConfig  # noqa: E402
 from edgescribe.daemon.config.transcription import TranscriptionConfig  # noqa: E402
 from edgescribe.daemon.events import AlertEvent, TranscriptEvent  # noqa: E402
-from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
+from edgescribe.daemon.pipeline import StreamPipeline, update_interval  # noqa: E402
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
 from edgescribe.daemon.segmenter import Segmenter  # noqa: E402
-from edgescribe.daemon.streaming import WATCH_INTERVAL_S, StreamTranscriber  # noqa: E402
+from edgescribe.daemon.streaming import StreamTranscriber  # noqa: E402
 from edgescribe.daemon.vad import create_vad  # noqa: E402
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edgescribe.engines.backend import load_model  # noqa: E402
@@ -197,8 +197,8 @@ def noise_alone(engines, noise: np.ndarray, minutes: float, workdir: Path, name:
     scheduler = scheduler_for(args)
     scheduler.start()
     vad = VadOptions()
-    segmenter = Segmenter("mic", SegmenterOptions(), create_vad(vad), update_interval_s=min(args.partial_interval, WATCH_INTERVAL_S),
-                          thresholds=vad)
+    segmenter = Segmenter("mic", SegmenterOptions(), create_vad(vad),
+                          update_interval_s=update_interval(transcription(args), list(PHRASES.values())), thresholds=vad)
     transcriber = StreamTranscriber("mic", transcription(args), scheduler, engines, emit=recorder,
                                     alert_phrases=list(PHRASES.values()))
     try:

@@ -170,21 +170,26 @@ def start_engines(args) -> tuple:
     return model, engines
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """The engine and live-path options shared by this benchmark and scripts/profile_streaming.py."""
     parser.add_argument("--model", type=Path, default=REPO / "var" / "pkg" / "tiny.en", help="model package directory")
     parser.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt"))
     parser.add_argument("--engine-dir", type=Path, default=None, help="TensorRT engine directory (backend tensorrt/auto)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--max-batch", type=int, default=4)
-    parser.add_argument("--latency-seconds", type=float, default=120.0, help="audio per stream for the latency/WER run")
-    parser.add_argument("--capacity-seconds", type=float, default=60.0, help="audio per stream in each N-streams run")
-    parser.add_argument("--streams", default="1,2,4,6,8", help="stream counts to try, in increasing order")
-    parser.add_argument("--latency-bound", type=float, default=2.0, help="p95 final latency that still counts as keeping up (s)")
     parser.add_argument("--no-partials", action="store_true", help="finals only (partials are on in the daemon by default)")
     parser.add_argument("--no-speculative-final", action="store_true", help="start final decodes only at the end of the utterance")
     parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
                         help="engine.encoder_window: live windows sized to the utterance, or always 30 s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_engine_arguments(parser)
+    parser.add_argument("--latency-seconds", type=float, default=120.0, help="audio per stream for the latency/WER run")
+    parser.add_argument("--capacity-seconds", type=float, default=60.0, help="audio per stream in each N-streams run")
+    parser.add_argument("--streams", default="1,2,4,6,8", help="stream counts to try, in increasing order")
+    parser.add_argument("--latency-bound", type=float, default=2.0, help="p95 final latency that still counts as keeping up (s)")
     parser.add_argument("--short", action="store_true", help="smoke run: 30 s latency run, 20 s per capacity run, N = 1, 2")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -37,7 +37,7 @@ import psutil
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-from benchmark_streaming import CORPUS, files_for_stream, run_streams, short_ids, start_engines  # noqa: E402
+from benchmark_streaming import CORPUS, add_engine_arguments, files_for_stream, run_streams, short_ids, start_engines  # noqa: E402
 from edgescribe.daemon import pipeline as pipeline_module  # noqa: E402
 from edgescribe.daemon import scheduler as scheduler_module  # noqa: E402
 from edgescribe.daemon.capture import CaptureStream, WavSource  # noqa: E402
@@ -47,7 +47,6 @@ from edgescribe.daemon.streaming import StreamTranscriber  # noqa: E402
 from edgescribe.daemon.vad import EnergyVad, SileroVad  # noqa: E402
 from edgescribe.engines import beam_search as beam_module  # noqa: E402
 from edgescribe.engines import decoding as decoding_module  # noqa: E402
-from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
 from edgescribe.engines.errors import EdgescribeError  # noqa: E402
 from edgescribe.engines.model import WhisperModel  # noqa: E402
 
@@ -311,6 +310,42 @@ class CpuMarks:
         return sum(cpu - before.get(tid, 0.0) for tid, cpu in after.items() if tid not in python_ids)
 
 
+def _always_wrapped() -> list[tuple[object, tuple[str, ...], str]]:
+    """(owner, its functions, stage) for what every run wraps (names as in engines/ and daemon/ today)."""
+    scheduler_class = scheduler_module.InferenceScheduler
+    batch_decoder = decoding_module._BatchDecoder
+    return [
+        # inference worker: the scheduler
+        (scheduler_class, ("_take_batch", "_partials_allowed", "_decode_batch", "_decode_by_length"), SCHEDULER),
+        (scheduler_module, ("_decode_groups", "_options_for"), SCHEDULER),
+        (scheduler_class, ("submit", "withdraw", "finals_waiting"), SUBMIT),  # called by the transcribers
+        (scheduler_class, ("_time_words",), WORD_TIMING),
+        (StreamTranscriber, ("_deliver",), DELIVER),  # bound into each transcriber's settings when built
+        # model and decoding loop
+        (WhisperModel, ("log_mel",), LOG_MEL),
+        (WhisperModel, ("encoder_window",), MEL_PAD),
+        (batch_decoder, ("__init__", "result"), SETUP),
+        (batch_decoder, ("prompt",), PROMPT),
+        (batch_decoder, ("run",), LOOP),
+        (batch_decoder, ("filter_logits",), FILTERS),
+        (batch_decoder, ("_choose",), CHOICE),
+        (decoding_module, ("_chosen_logprobs",), CHOICE),
+        (decoding_module, ("beam_decode",), BEAM),
+        (beam_module._BeamSearch, ("run", "_advance", "_finalize", "_best"), BEAM),
+        (beam_module, ("_log_softmax",), BEAM),
+        # segmenter threads
+        (RingBuffer, ("get",), RING_GET),
+        (SileroVad, ("speech_prob",), VAD_SILERO),
+        (EnergyVad, ("speech_prob",), VAD_ENERGY),
+        (Segmenter, ("push", "flush"), SEGMENTER_PY),
+        (StreamTranscriber, ("push",), TRANSCRIBER),
+        # capture threads
+        (WavSource, ("open",), SOURCE_OPEN),
+        (WavSource, ("read",), SOURCE_READ),
+        (CaptureStream, ("_queue",), RING_PUT),
+    ]
+
+
 def instrument(profiler: StageProfiler, model: WhisperModel, cpu: CpuMarks) -> None:
     """Wrap the live path's functions (names as in engines/ and daemon/ today)."""
     wrap = profiler.wrap
@@ -319,23 +354,13 @@ def instrument(profiler: StageProfiler, model: WhisperModel, cpu: CpuMarks) -> N
     profiler.wrap_root(CaptureStream, "_run")
     profiler.wrap_root(pipeline_module, "consume")  # StreamPipeline takes it as its thread's target when built
     wrap(threading.Condition, "wait", wait_stage)  # Event.wait and wait_for wait here too
-
-    # inference worker: the scheduler
-    scheduler_class = scheduler_module.InferenceScheduler
-    for name in ("_take_batch", "_partials_allowed", "_decode_batch", "_decode_by_length"):
-        wrap(scheduler_class, name, SCHEDULER)
-    for name in ("_decode_groups", "_options_for"):
-        wrap(scheduler_module, name, SCHEDULER)
-    for name in ("submit", "withdraw", "finals_waiting"):  # called by the transcribers
-        wrap(scheduler_class, name, SUBMIT)
-    wrap(scheduler_class, "_time_words", WORD_TIMING)
+    for owner, names, stage in _always_wrapped():
+        for name in names:
+            wrap(owner, name, stage)
     # the scheduler keeps the decode function it was built with (engines.decoding.decode)
-    profiler.wrap_after_init(scheduler_class, "_decode", SETUP)
-    wrap(StreamTranscriber, "_deliver", DELIVER)  # bound into each transcriber's settings when built
+    profiler.wrap_after_init(scheduler_module.InferenceScheduler, "_decode", SETUP)
 
-    # model, runner, decoding loop
-    wrap(WhisperModel, "log_mel", LOG_MEL)
-    wrap(WhisperModel, "encoder_window", MEL_PAD)
+    # the runner: what this backend's class has
     runner = model.runner
     runner_class = type(runner)
     wrap(runner_class, "encode", ENCODER)
@@ -352,31 +377,6 @@ def instrument(profiler: StageProfiler, model: WhisperModel, cpu: CpuMarks) -> N
         wrap(runner_class, "reorder", BEAM)
     if "align" in vars(runner_class):
         wrap(runner_class, "align", ALIGNER)
-    batch_decoder = decoding_module._BatchDecoder
-    wrap(batch_decoder, "__init__", SETUP)
-    wrap(batch_decoder, "result", SETUP)
-    wrap(batch_decoder, "prompt", PROMPT)
-    wrap(batch_decoder, "run", LOOP)
-    wrap(batch_decoder, "filter_logits", FILTERS)
-    wrap(batch_decoder, "_choose", CHOICE)
-    wrap(decoding_module, "_chosen_logprobs", CHOICE)
-    wrap(decoding_module, "beam_decode", BEAM)
-    for name in ("run", "_advance", "_finalize", "_best"):
-        wrap(beam_module._BeamSearch, name, BEAM)
-    wrap(beam_module, "_log_softmax", BEAM)
-
-    # segmenter threads
-    wrap(RingBuffer, "get", RING_GET)
-    wrap(SileroVad, "speech_prob", VAD_SILERO)
-    wrap(EnergyVad, "speech_prob", VAD_ENERGY)
-    wrap(Segmenter, "push", SEGMENTER_PY)
-    wrap(Segmenter, "flush", SEGMENTER_PY)
-    wrap(StreamTranscriber, "push", TRANSCRIBER)
-
-    # capture threads
-    wrap(WavSource, "open", SOURCE_OPEN)
-    wrap(WavSource, "read", SOURCE_READ)
-    wrap(CaptureStream, "_queue", RING_PUT)
 
 
 # -- the report --------------------------------------------------------------------------
@@ -510,17 +510,9 @@ def report(args, profiler: StageProfiler, cpu: CpuMarks, result, model, overhead
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=SCRIPTS.parent / "var" / "pkg" / "tiny.en", help="model package directory")
-    parser.add_argument("--backend", default="onnxruntime", choices=("auto", "onnxruntime", "tensorrt"))
-    parser.add_argument("--engine-dir", type=Path, default=None, help="TensorRT engine directory (backend tensorrt/auto)")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
-    parser.add_argument("--max-batch", type=int, default=4)
+    add_engine_arguments(parser)
     parser.add_argument("--streams", type=int, default=1, help="simultaneous real-time streams")
     parser.add_argument("--seconds", type=float, default=60.0, help="audio per stream (whole corpus files, so a little more)")
-    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
-                        help="engine.encoder_window: live windows sized to the utterance, or always 30 s")
-    parser.add_argument("--no-partials", action="store_true", help="finals only (partials are on in the daemon by default)")
-    parser.add_argument("--no-speculative-final", action="store_true", help="start final decodes only at the end of the utterance")
     parser.add_argument("--json", type=Path, default=None, help="also write the profile as JSON to this file")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)

@@ -61,8 +61,7 @@ def stop_and_collect(daemon, subscriber) -> list:
     daemon.send_signal(signal.SIGTERM)
     _, stderr = daemon.communicate(timeout=60)
     assert daemon.returncode == 0, stderr
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
+    messages = subscriber.until_stopped()
     return messages
 
 
@@ -155,8 +154,7 @@ def test_chinese_in_the_plant_script_in_finals_and_alerts(tmp_path, mosquitto, b
     finally:
         daemon.kill()
     assert daemon.returncode == 0, stderr
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
+    messages = subscriber.until_stopped()
     text = "".join(m.json()["text"] for m in messages if m.topic.endswith("/final"))
     # every Han character is in the traditional script (converting again changes nothing) ...
     assert text and converter("traditional")(text) == text and "歡迎" in text, text

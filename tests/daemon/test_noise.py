@@ -14,9 +14,9 @@ from edgescribe.daemon.segmenter import Segmenter
 from edgescribe.daemon.vad import create_vad
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe
-from tests.fixtures.daemon import finals, start_daemon, write_config
+from tests.fixtures.daemon import start_daemon, valid_finals, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
-from tests.fixtures.mosquitto import Subscriber, mosquitto, validate_payload  # noqa: F401  (fixture)
+from tests.fixtures.mosquitto import Subscriber, mosquitto  # noqa: F401  (fixture)
 from tests.fixtures.scoring import read_transcripts, wer
 from tests.fixtures.streaming import mix_at_snr, write_wav
 from tests.fixtures.whisper_models import tiny_en_model  # noqa: F401  (fixture)
@@ -50,11 +50,8 @@ def test_a_long_sentence_in_factory_noise_arrives_whole(tmp_path: Path, corpus, 
     finally:
         daemon.kill()
     assert daemon.returncode == 0 and "Traceback" not in stderr, stderr
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
-    received = finals(messages)
-    for payload in received:
-        validate_payload(payload, "final")
+    messages = subscriber.until_stopped()
+    received = valid_finals(messages)
 
     reference = read_transcripts(corpus / "en" / "transcripts.tsv")[SENTENCE]
     streamed = " ".join(p["text"] for p in received)

@@ -24,6 +24,7 @@ from edgescribe.daemon.config.overlay import OVERLAY_NAME, PENDING_NAME, merge
 from edgescribe.daemon.requests import TokenBucket
 from edgescribe.daemon.service import RESTART_EXIT_STATUS
 from tests.fixtures.daemon import JFK, start_daemon, wait_for_log
+from tests.fixtures.daemon import write_config as daemon_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Mosquitto, make_password_file, validate_payload
 
@@ -55,37 +56,15 @@ def broker(tmp_path):
 
 def write_config(tmp_path: Path, port: int, package: Path, rollback_after_s: float = 30.0,
                  stream: str = "    file: {jfk}\n    loop: true\n", extra: str = "") -> Path:
+    """The daemon's config with requests on, signed in to the broker as ``edgescribe``."""
     password = tmp_path / "mqtt-password"
     password.write_text("device-pw\n")
     password.chmod(0o600)
-    path = tmp_path / "config.yaml"
-    path.write_text(f"""device_id: test-press
-service:
-  state_dir: {tmp_path / 'state'}
-streams:
-  - name: press
-{stream.format(jfk=JFK)}models:
-  serving: {package}
-engine:
-  engine_dir: {tmp_path / 'engines'}
-  threads: 2
-mqtt:
-  host: 127.0.0.1
-  port: {port}
-  keepalive_s: 5
-  reconnect_min_s: 0.2
-  reconnect_max_s: 1
-  username: edgescribe
-  password_file: {password}
-health:
-  interval_s: 1
-requests:
-  enabled: true
-  rate_per_s: 5
-  burst: 20
-  rollback_after_s: {rollback_after_s}
-{extra}""")
-    return path
+    return daemon_config(
+        tmp_path / "config.yaml", package, port, tmp_path / "state", JFK, speed=1.0,
+        engine_dir=tmp_path / "engines", source=stream.format(jfk=JFK),
+        mqtt=f"  username: edgescribe\n  password_file: {password}\n",
+        extra=f"requests:\n  enabled: true\n  rate_per_s: 5\n  burst: 20\n  rollback_after_s: {rollback_after_s}\n{extra}")
 
 
 class Operator:

@@ -40,6 +40,15 @@ from tests.fixtures.streaming import (  # noqa: F401
 from tests.fixtures.whisper_models import tiny_en_model  # noqa: F401
 
 
+def drain(scheduler: InferenceScheduler) -> None:
+    """Start the worker on what is queued, wait until all of it is decoded, stop."""
+    scheduler.start()
+    try:
+        assert scheduler.wait_idle(120)
+    finally:
+        scheduler.stop()
+
+
 def _request(lease, key, audio, final=True, done=None):
     return DecodeRequest(key=key, final=final, windows=[audio], lease=lease, on_done=done or (lambda outcome: None))
 
@@ -54,11 +63,7 @@ def test_partials_of_several_streams_ready_at_once_are_one_batch_and_finals_are_
         for key in keys:
             audio = load_audio(corpus / "en" / f"{key}.wav")
             scheduler.submit(_request(engines.lease(), f"{key}:{final}", audio, final=final, done=outcomes))
-    scheduler.start()
-    try:
-        assert scheduler.wait_idle(120)
-    finally:
-        scheduler.stop()
+    drain(scheduler)
     # finals alone: a batch's results depend on its other items (int8 activation scales)
     assert dict(scheduler.batch_sizes) == {1: 3, 3: 1}
     assert sorted(o.batch_size for o in outcomes.events) == [1, 1, 1, 3, 3, 3]
@@ -85,11 +90,7 @@ def test_finals_go_first_and_a_newer_partial_replaces_a_queued_one(corpus, tiny_
     scheduler.submit(_request(lease, "c", audio, final=False, done=done))
     scheduler.submit(_request(lease, "c", audio, final=True, done=done))  # c's partial is now stale
     scheduler.submit(_request(lease, "d", audio, final=True, done=done))
-    scheduler.start()
-    try:
-        assert scheduler.wait_idle(120)
-    finally:
-        scheduler.stop()
+    drain(scheduler)
     # the two finals share a take of the queue but are decoded one by one (see _decode_groups)
     assert order == [("c", True, audio.size, 1), ("d", True, audio.size, 1), ("b", False, 16000, 2), ("a", False, 24000, 2)]
 
@@ -161,11 +162,7 @@ def test_a_failing_decode_is_reported_to_the_request_and_the_worker_carries_on(c
     scheduler = InferenceScheduler(max_batch=1, decode=flaky)
     scheduler.submit(_request(engines.lease(), "a", audio, done=outcomes))
     scheduler.submit(_request(engines.lease(), "b", audio, done=outcomes))
-    scheduler.start()
-    try:
-        assert scheduler.wait_idle(120)
-    finally:
-        scheduler.stop()
+    drain(scheduler)
     first, second = outcomes.events
     assert isinstance(first.error, RuntimeError) and first.results == []
     assert second.error is None and "longer" in second.results[0].text.lower()
@@ -314,11 +311,7 @@ def test_a_final_with_word_timestamps_has_the_same_text_and_each_window_its_time
     for timed in (False, True):
         scheduler.submit(DecodeRequest(key=f"jfk:{timed}", final=True, windows=halves, lease=engines.lease(),
                                        on_done=outcomes, word_timestamps=timed))
-    scheduler.start()
-    try:
-        assert scheduler.wait_idle(120)
-    finally:
-        scheduler.stop()
+    drain(scheduler)
     plain, timed = outcomes.events
     assert plain.error is None and timed.error is None
     assert plain.words == []  # not asked for: nothing timed

@@ -18,7 +18,7 @@ import pytest
 
 from edgescribe.daemon.homeassistant import SENSORS
 from tests.daemon.test_outbox import TinyDisk, tiny_disk  # noqa: F401  (fixture)
-from tests.fixtures.daemon import JFK, JFK_TEXT, REPO, finals, run_once, start_daemon, wait_for_log, write_config
+from tests.fixtures.daemon import JFK, JFK_TEXT, REPO, finals, run_once, start_daemon, valid_finals, wait_for_log, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto, retained, validate_payload  # noqa: F401
 from tests.fixtures.scoring import wer
@@ -32,12 +32,9 @@ def test_run_publishes_transcripts_and_health_then_stops_cleanly(tmp_path, mosqu
                           extra="homeassistant:\n  enabled: true\n")
     stderr = run_once(config, umask=0o022)  # outside systemd, with a permissive umask
 
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
-    received = finals(messages)
+    messages = subscriber.until_stopped()
+    received = valid_finals(messages)
     assert received, f"no final transcript arrived; daemon log:\n{stderr}"
-    for payload in received:
-        validate_payload(payload, "final")
     seqs = [p["seq"] for p in received]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     text = " ".join(p["text"] for p in received)
@@ -187,8 +184,7 @@ def test_a_damaged_outbox_is_moved_aside_and_the_daemon_runs(tmp_path, mosquitto
              if p.name.startswith("outbox.sqlite3.damaged-") and not p.name.endswith(("-wal", "-shm"))]
     assert len(moved) == 1 and moved[0].read_bytes() == damage  # kept for inspection
     assert len([line for line in stderr.splitlines() if str(moved[0]) in line]) == 1
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
+    messages = subscriber.until_stopped()
     events = [m.json() for m in messages if m.topic.endswith("/event")]
     damaged = [e for e in events if e["type"] == "outbox_damaged"]
     assert len(damaged) == 1 and damaged[0]["moved_to"] == str(moved[0])

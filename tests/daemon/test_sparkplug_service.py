@@ -22,8 +22,7 @@ def test_sparkplug_finals_equal_the_json_finals(tmp_path, mosquitto, tiny_en_pac
         extra="sparkplug:\n  enabled: true\n  group_id: plant\n")
     stderr = run_once(config, timeout=180)
 
-    messages = json_tree.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    json_tree.disconnect()
+    messages = json_tree.until_stopped()
     assert host.wait_for(lambda h: h.count("NDEATH") == 1, 10), host.kinds()
     host.disconnect()
     host.check()

@@ -10,7 +10,7 @@ import re
 import subprocess
 import sys
 
-from tests.fixtures.daemon import JFK, REPO, finals, run_once, write_config
+from tests.fixtures.daemon import JFK, REPO, run_once, valid_finals, write_config
 from tests.fixtures.models import tiny_en_package  # noqa: F401  (fixture)
 from tests.fixtures.mosquitto import Subscriber, mosquitto, validate_payload  # noqa: F401
 
@@ -30,12 +30,9 @@ def _daemon_finals(tmp_path, port, package, name: str, extra: str) -> tuple[list
     config = write_config(tmp_path / f"{name}.yaml", package, port, tmp_path / name, JFK, speed=4.0,
                           device_id=name, extra=extra)
     stderr = run_once(config)
-    messages = subscriber.wait_for(lambda m: any(x.payload == b"stopped" for x in m), timeout=10)
-    subscriber.disconnect()
-    received = finals(messages)
+    messages = subscriber.until_stopped()
+    received = valid_finals(messages)
     assert received, f"no final arrived; daemon log:\n{stderr}"
-    for payload in received:
-        validate_payload(payload, "final")
     alerts = [m.json() for m in messages if m.topic.endswith("/alert")]
     for payload in alerts:
         validate_payload(payload, "alert")
