@@ -35,12 +35,28 @@ class VoiceDetector(Protocol):
         """Forget the past: the next frame starts a new, unrelated piece of audio."""
 
 
+# Silero's recurrent state drifts on a long stream of steady machine noise: after about
+# four minutes of the corpus in continuous fan, pump or valve noise at 5 dB, a whole sentence
+# that a fresh state scored at 0.6-0.99 scored under 0.1, and the utterance was never found
+# (scripts/benchmark_noise.py, docs/benchmarks.md). A fresh state scores the same audio
+# right, so the detector starts afresh once this much audio has passed since it last did,
+# at the first moment it has heard REFRESH_IDLE_S of non-speech: between utterances, never
+# inside one. Refreshing every 3 s instead of 10 found no more speech; neither raised more
+# noise-only frames over the threshold.
+REFRESH_AFTER_S = 10.0
+REFRESH_IDLE_S = 1.0
+
+
 class SileroVad:
-    """Silero VAD v6 run with ONNX Runtime on one CPU thread (it needs ~0.1 ms per frame)."""
+    """Silero VAD v6 run with ONNX Runtime on one CPU thread (it needs ~0.1 ms per frame).
+
+    ``idle_below``: a probability under which a frame counts as non-speech for the state's
+    refresh (the segmenter's ``vad.off_threshold``); ``refresh_after_s``: REFRESH_AFTER_S."""
 
     _CONTEXT = 64  # samples of the previous frame the model sees in front of each new one
 
-    def __init__(self, model_path: Optional[str | Path] = None):
+    def __init__(self, model_path: Optional[str | Path] = None, idle_below: float = VadOptions().off_threshold,
+                 refresh_after_s: float = REFRESH_AFTER_S):
         try:
             import onnxruntime
         except ImportError:
@@ -67,11 +83,16 @@ class SileroVad:
                 "use silero_vad_16k_op15.onnx or silero_vad.onnx from silero-vad 5/6)"
             )
         self._sr = np.array(SAMPLE_RATE, dtype=np.int64)
+        self._idle_below = idle_below
+        self._refresh_after = refresh_after_s * SAMPLE_RATE / FRAME_SAMPLES
+        self._refresh_idle = round(REFRESH_IDLE_S * SAMPLE_RATE / FRAME_SAMPLES)
         self.reset()
 
     def reset(self) -> None:
         self._state = np.zeros((2, 1, 128), np.float32)
         self._context = np.zeros(self._CONTEXT, np.float32)
+        self._frames = 0  # since the state was last fresh
+        self._idle_frames = 0  # in a row under idle_below
 
     def speech_prob(self, frame: np.ndarray) -> float:
         frame = np.asarray(frame, dtype=np.float32)
@@ -80,7 +101,12 @@ class SileroVad:
         model_input = np.concatenate([self._context, frame])[None, :]
         prob, self._state = self._session.run(None, {"input": model_input, "state": self._state, "sr": self._sr})
         self._context = frame[-self._CONTEXT:].copy()
-        return float(prob[0, 0])
+        prob = float(prob[0, 0])
+        self._frames += 1
+        self._idle_frames = self._idle_frames + 1 if prob < self._idle_below else 0
+        if self._frames >= self._refresh_after and self._idle_frames >= self._refresh_idle:
+            self.reset()
+        return prob
 
 
 class EnergyVad:
@@ -119,7 +145,7 @@ def rms_dbfs(samples: np.ndarray) -> float:
 def create_vad(options: VadOptions) -> VoiceDetector:
     """The detector ``options.engine`` names; one per stream, as detectors keep state."""
     if options.engine == "silero":
-        return SileroVad(options.model_path)
+        return SileroVad(options.model_path, idle_below=options.off_threshold)
     return EnergyVad(margin_db=options.energy_margin_db)
 
 

@@ -9,6 +9,8 @@ from edgescribe.daemon.config.audio import VadOptions
 from edgescribe.daemon.vad import BUNDLED_MODEL, FRAME_SAMPLES, EnergyVad, SileroVad, create_vad, rms_dbfs
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.errors import ModelSourceError
+from tests.fixtures.scoring import read_transcripts
+from tests.fixtures.streaming import mix_at_snr, spoken_stream
 
 SPEECH = ["en/arctic_axb_a0004.wav", "en/lj_LJ001-0002.wav", "en/ls_1089-134686-0000.wav",
           "zh/aishell1_BAC009S0002W0122.wav"]
@@ -49,6 +51,26 @@ def test_silero_is_stateful_and_reset_forgets(corpus, silero):
     again = probabilities(silero, speech)
     np.testing.assert_allclose(first, again, atol=1e-6)
     assert not np.allclose(first[:5], continued[:5], atol=1e-6)
+
+
+def test_silero_keeps_finding_speech_after_minutes_of_a_loud_floor(corpus):
+    """The corpus sentences end to end in continuous fan noise at 5 dB: after a few minutes
+    Silero's recurrent state drifts until a whole sentence scores as noise; the detector
+    refreshes its state between utterances (daemon/vad.py REFRESH_AFTER_S), so every
+    sentence is still found."""
+    references = read_transcripts(corpus / "en" / "transcripts.tsv")
+    spoken = spoken_stream(corpus, sorted(key for key in references if not key.startswith("long_")))
+    mixed = mix_at_snr(spoken.samples, load_audio(corpus / "noise" / "factory_mimii_fan.wav"), 5.0)
+    frame_s = FRAME_SAMPLES / 16000
+
+    def worst_sentence(vad) -> float:
+        probs = probabilities(vad, mixed)
+        times = np.arange(len(probs)) * frame_s
+        return min(float((probs[(times > start + 0.3) & (times < end - 0.3)] >= 0.5).mean())
+                   for _, start, end in spoken.spans)
+
+    assert worst_sentence(SileroVad(refresh_after_s=float("inf"))) < 0.1  # the drift this guards against
+    assert worst_sentence(create_vad(VadOptions())) > 0.4
 
 
 def test_silero_rejects_wrong_frame_sizes(silero):
