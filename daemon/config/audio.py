@@ -149,8 +149,9 @@ class SegmenterOptions(Section):
     )
     noisy_min_silence_s: float = setting(
         0.45,
-        "Silence that ends an utterance when the floor is loud (estimated SNR 10 dB or less; "
-        "between 30 and 10 dB the silence moves from min_silence_s to this). Under machine noise "
+        "Silence that ends an utterance when the floor is loud (estimated SNR 10 dB; between 30 "
+        "and 10 dB the silence moves from min_silence_s to this, and below 10 dB it grows by up "
+        "to a quarter second more, reached at 5 dB). Under machine noise "
         "the speech detector dips between words, and a short silence cuts sentences into pieces "
         "that are transcribed worse apart than together. Set it equal to min_silence_s to turn "
         "the adaptation off.",
