@@ -160,8 +160,9 @@ class _BatchDecoder:
             for o in options
         ]
         self.blank = np.array(self.tokenizer.encode(" ") + [self.special.eot], np.int64)
-        seeds = {o.seed for o in options}
-        self.rng = np.random.default_rng(seeds.pop() if len(seeds) == 1 else None)
+        # one generator a row: a row's samples depend on its own seed, never on the rows it is
+        # batched with (best_of candidates, or whatever the scheduler put together)
+        self.rngs = [np.random.default_rng(o.seed) for o in options]
 
     def _check(self, option: DecodingOptions) -> None:
         if option.task not in ("transcribe", "translate"):
@@ -354,10 +355,10 @@ class _BatchDecoder:
     def _choose(self, logits: np.ndarray, temperatures: np.ndarray) -> np.ndarray:
         chosen = logits.argmax(axis=-1)
         hot = temperatures > 0
-        if hot.any():
+        for b in np.flatnonzero(hot):
             # Gumbel-max: argmax(logits / T + Gumbel noise) samples from softmax(logits / T)
-            noise = -np.log(-np.log(self.rng.uniform(1e-20, 1.0, size=(int(hot.sum()), logits.shape[1]))))
-            chosen[hot] = (logits[hot] / temperatures[hot, None] + noise).argmax(axis=-1)
+            noise = -np.log(-np.log(self.rngs[b].uniform(1e-20, 1.0, size=logits.shape[1])))
+            chosen[b] = (logits[b] / temperatures[b] + noise).argmax()
         return chosen
 
     def result(self, b, sampled, sum_logprob, language, language_probs, no_speech_prob, limit_hit,

@@ -106,6 +106,17 @@ def test_sampling_is_seeded(tiny_en_model, windows):
     assert len({tuple(r.tokens) for r in hot}) > 1  # different seeds explore different texts
 
 
+def test_a_sampled_row_depends_on_its_own_seed_not_on_its_batch(tiny_en_model, windows):
+    """best_of decodes several seeds of one window in a batch, and the scheduler may batch
+    rows of different streams: a row's sample must be the same alone or in company."""
+    mel = windows["lj_LJ001-0002"][None]
+    alone = decode(tiny_en_model, mel, DecodingOptions(temperature=1.0, seed=3))[0]
+    batch = decode(tiny_en_model, np.repeat(mel, 3, axis=0), [DecodingOptions(temperature=1.0, seed=seed) for seed in (1, 3, 2)])
+    assert batch[1].tokens == alone.tokens
+    again = decode(tiny_en_model, np.repeat(mel, 3, axis=0), [DecodingOptions(temperature=1.0, seed=seed) for seed in (1, 3, 2)])
+    assert [r.tokens for r in again] == [r.tokens for r in batch]
+
+
 def test_silence_is_recognised_as_no_speech(tiny_en_model):
     silence = pad_or_trim(tiny_en_model.log_mel(np.zeros(16000 * 5, np.float32))[:, :-1])
     result = decode(tiny_en_model, silence[None])[0]
