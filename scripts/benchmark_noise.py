@@ -19,7 +19,12 @@ Then the final latency from the end of speech at real-time pace for one mix (--l
 first noise), through the same pipeline the daemon runs, partials on; and each noise alone
 for --noise-only-minutes, which must give no text.
 
-Not a test: run it on a quiet machine. Full run (about 25 minutes on 2 cores):
+The noise clips are 10 s long, looped: with --noise-shifts N each noisy mix runs N times,
+the loop started 1/N of a clip later each time, and the counts are pooled, so that a figure
+rests on N samples of the floor rather than one.
+
+Not a test: run it on a quiet machine. Full run (about 15 minutes on 2 cores, plus about
+10 for each further noise shift):
     .venv/bin/python scripts/benchmark_noise.py --model var/pkg/tiny.en
 Short run (one noise, 10 dB, no latency run):
     .venv/bin/python scripts/benchmark_noise.py --noises pump --snrs 10 --latency-snr none --noise-only-minutes 0
@@ -28,9 +33,11 @@ Short run (one noise, 10 dB, no latency run):
 from __future__ import annotations
 
 import argparse
+import functools
+import operator
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +56,7 @@ from edgescribe.engines.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edgescribe.engines.backend import load_model  # noqa: E402
 from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe  # noqa: E402
-from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
+from tests.fixtures.scoring import ErrorCounts, corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import (  # noqa: E402
     Collected,
     SpokenStream,
@@ -99,22 +106,29 @@ class RecordingTranscriber:
 class StageReport:
     noise: str
     snr_db: float | None
-    streaming_wer: float
-    offline_wer: float
-    words: int
+    streaming: ErrorCounts
+    offline: ErrorCounts
     finals: int
     missed: int
     split: int
     merged: int
     false: int
-    noise_prob_mean: float
-    noise_prob_p95: float
-    noise_frames_over_threshold: float
+    noise_probs: np.ndarray  # Silero's speech probability in the noise-only stretches
     lost_utterances: int  # true utterances with > 2 s of speech and no final over them
     drops: dict
     discarded_bursts: int
     length_cuts: int
     speculation: dict
+
+    def __add__(self, other: StageReport) -> StageReport:
+        """Two runs of one mix pooled: counts added, probabilities put together."""
+        def add(a, b):
+            if isinstance(a, dict):
+                return {key: a[key] + b[key] for key in a}
+            if isinstance(a, np.ndarray):
+                return np.concatenate([a, b])
+            return a + b if isinstance(a, (int, ErrorCounts)) else a  # the mix's name and SNR
+        return StageReport(**{f.name: add(getattr(self, f.name), getattr(other, f.name)) for f in fields(self)})
 
 
 def boundaries(found: list[tuple[float, float]], spans: list[tuple[str, float, float]]) -> tuple[int, int, int, int]:
@@ -141,6 +155,17 @@ def noise_only_probs(probs: list[float], spans: list[tuple[str, float, float]], 
 
 def run_stage_report(model, engines, spoken: SpokenStream, noise_name: str, noise: np.ndarray | None,
                      snr_db: float | None, args, workdir: Path) -> StageReport:
+    """One mix, pooled over ``args.noise_shifts`` runs with the noise loop started that many
+    evenly spaced points later (the clips are 10 s long, so one run hears each word over
+    one stretch of noise; more runs, more samples of the same floor). Clean speech runs once."""
+    shifts = args.noise_shifts if noise is not None else 1
+    runs = [run_one_mix(model, engines, spoken, noise_name, np.roll(noise, -k * len(noise) // shifts)
+                        if noise is not None else None, snr_db, args, workdir) for k in range(shifts)]
+    return functools.reduce(operator.add, runs)
+
+
+def run_one_mix(model, engines, spoken: SpokenStream, noise_name: str, noise: np.ndarray | None,
+                snr_db: float | None, args, workdir: Path) -> StageReport:
     mixed = mix_at_snr(spoken.samples, noise, snr_db) if noise is not None else spoken.samples
     wav = write_wav(workdir / f"{noise_name}_{snr_db}.wav", mixed)
     events = Collected()
@@ -169,12 +194,10 @@ def run_stage_report(model, engines, spoken: SpokenStream, noise_name: str, nois
     quiet = noise_only_probs(vad.probs, spoken.spans)
     with_final = {key for key in hypotheses if hypotheses[key].strip()}
     lost = sum(1 for key, start, end in spoken.spans if end - start > 2.0 and key not in with_final)
-    counts = corpus_counts(streaming)
     return StageReport(
-        noise=noise_name, snr_db=snr_db, streaming_wer=counts.rate, offline_wer=corpus_counts(offline).rate,
-        words=counts.reference_length, finals=len(finals), missed=missed, split=split, merged=merged, false=false,
-        noise_prob_mean=float(quiet.mean()), noise_prob_p95=float(np.percentile(quiet, 95)),
-        noise_frames_over_threshold=float(np.mean(quiet >= vad_options.threshold)),
+        noise=noise_name, snr_db=snr_db, streaming=corpus_counts(streaming), offline=corpus_counts(offline),
+        finals=len(finals), missed=missed, split=split, merged=merged, false=false,
+        noise_probs=quiet,
         lost_utterances=lost, drops=asdict(transcriber.drop_counts()), discarded_bursts=segmenter.discarded_bursts,
         length_cuts=segmenter.length_cuts, speculation=asdict(transcriber.speculation_counts()),
     )
@@ -236,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noises", default=",".join(NOISES), help="MIMII noises to mix in")
     parser.add_argument("--snrs", default="20,10,5", help="SNRs in dB ('clean' for none)")
     parser.add_argument("--latency-snr", default="10", help="SNR of the real-time latency run, or 'none'")
+    parser.add_argument("--noise-shifts", type=int, default=1,
+                        help="runs per noisy mix, each with the noise loop started later; counts pooled")
     parser.add_argument("--noise-only-minutes", type=float, default=10.0, help="each noise alone for this long")
     parser.add_argument("--fixed-silence", action="store_true",
                         help="end utterances after min_silence_s whatever the floor (the rule before floor-aware silence)")
@@ -252,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     snrs = [None if s == "clean" else float(s) for s in args.snrs.split(",")]
     print(f"model {model.name} on {model.runner.name}, {args.threads} threads; stream of {len(spoken.spans)} "
           f"utterances, {len(spoken.samples) / SAMPLE_RATE:.0f} s; silence rule "
-          f"{'fixed' if args.fixed_silence else 'floor-aware'}\n")
+          f"{'fixed' if args.fixed_silence else 'floor-aware'}; {args.noise_shifts} run(s) per noisy mix\n")
     print("| noise | SNR | WER streaming | WER offline | diff | finals | missed / split / merged / false | "
           "Silero p in noise: mean, p95, >= threshold | >2-s utterances lost | dropped: no-speech, loop, "
           "min-speech; repeated words; empty | length cuts | speculation reused / discarded |")
@@ -265,10 +290,11 @@ def main(argv: list[str] | None = None) -> int:
             r = run_stage_report(model, engines, spoken, name, noise, snr, args, workdir)
             d = r.drops
             print(f"| {name} | {'-' if snr is None else f'{snr:g} dB'} "
-                  f"| {100 * r.streaming_wer:.1f} % | {100 * r.offline_wer:.1f} % "
-                  f"| {100 * (r.streaming_wer - r.offline_wer):+.1f} | {r.finals} "
+                  f"| {100 * r.streaming.rate:.1f} % | {100 * r.offline.rate:.1f} % "
+                  f"| {100 * (r.streaming.rate - r.offline.rate):+.1f} | {r.finals} "
                   f"| {r.missed} / {r.split} / {r.merged} / {r.false} "
-                  f"| {r.noise_prob_mean:.3f}, {r.noise_prob_p95:.3f}, {100 * r.noise_frames_over_threshold:.1f} % "
+                  f"| {r.noise_probs.mean():.3f}, {np.percentile(r.noise_probs, 95):.3f}, "
+                  f"{100 * np.mean(r.noise_probs >= VadOptions().threshold):.1f} % "
                   f"| {r.lost_utterances} | {d['no_speech']}, {d['compression_ratio']}, {r.discarded_bursts}; "
                   f"{d['repeated_words']}; {d['empty_finals']} | {r.length_cuts} "
                   f"| {r.speculation['reused']} / {r.speculation['discarded']} |", flush=True)
