@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgescribe.engines.errors import ModelPackageError
+from edgescribe.engines.onnx_session import session_options
 from edgescribe.engines.package import ModelPackage
 
 
@@ -45,10 +46,7 @@ class HostAligner:
         import onnxruntime as ort
 
         path = self._package.aligner_path()  # raises the clear error for packages without one
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
+        options = session_options(self._threads)
         try:
             self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # onnxruntime raises its own untyped exceptions

@@ -17,6 +17,7 @@ import numpy as np
 
 from edgescribe.engines.errors import ModelPackageError
 from edgescribe.engines.host_aligner import HostAligner
+from edgescribe.engines.onnx_session import session_options
 from edgescribe.engines.package import ModelPackage
 from edgescribe.engines.runtime import KV_TENSORS, layer_input
 
@@ -43,7 +44,8 @@ class OnnxRunner:
     """Runs a package's encoder and decoder graphs with ONNX Runtime on the CPU.
 
     ``threads`` is the intra-op thread count (0: one per CPU, at most 4); ``prefer_int8``
-    takes the package's int8 graphs when it has them; ``spin`` lets idle threads spin.
+    takes the package's int8 graphs when it has them; ``spin`` lets threads spin between
+    operators (engines/onnx_session.py says when not to).
     Inputs are passed as numpy arrays, which ONNX Runtime reads in place; IOBinding with
     preallocated outputs was barely faster per step, not worth a second code path.
     """
@@ -56,11 +58,8 @@ class OnnxRunner:
         self.dims = package.dims
         encoder_path, decoder_path = package.graph_paths(prefer_int8=prefer_int8)
         self.precision = package.manifest.precision.get(decoder_path.name, "float32")
-        options = ort.SessionOptions()
-        # One request at a time on a small CPU: all threads inside each operator, none across.
-        options.intra_op_num_threads = threads if threads > 0 else min(os.cpu_count() or 1, 4)
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        threads = threads if threads > 0 else min(os.cpu_count() or 1, 4)
+        options = session_options(threads, spin)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # No arena and no memory pattern: the arena grows in doubling chunks and keeps its peak,
         # and the int8 decoder's shapes change every step (cache rows in use), so each step
@@ -68,19 +67,13 @@ class OnnxRunner:
         # with no measurable change in speed.
         options.enable_cpu_mem_arena = False
         options.enable_mem_pattern = False
-        options.log_severity_level = 3  # warnings about unused initialisers are noise here
-        # Spinning threads wait for the next operator without sleeping: a decoder step is
-        # hundreds of tiny operators, so on an idle CPU spinning makes each step markedly
-        # faster. On a CPU shared with busy processes spinning threads fight them (a step
-        # can take twice as long); pass spin=False there.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         providers = ["CPUExecutionProvider"]
         try:
             self._encoder = ort.InferenceSession(str(encoder_path), options, providers=providers)
             self._decoder = ort.InferenceSession(str(decoder_path), options, providers=providers)
         except Exception as error:  # onnxruntime raises its own untyped exceptions
             raise ModelPackageError(f"model package {package.dir}: ONNX Runtime cannot load its graphs ({error})") from None
-        self.threads = options.intra_op_num_threads
+        self.threads = threads
         self._aligner = HostAligner(package, threads=self.threads)
         frames = self._encoder.get_inputs()[0].shape[-1]  # a name if the graph takes any length
         self.min_window_frames = frames if isinstance(frames, int) else 0
