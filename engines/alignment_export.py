@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from edgescribe.engines.onnx_export import AUDIO_CTX, EMBEDDING, MASK_VALUE, _fused_qkv, _GraphBuilder, _model
-from edgescribe.engines.runtime import layer_input
+from edgescribe.engines.runtime import cross_layer_shape, layer_input
 from edgescribe.engines.weights import WhisperWeights
 
 ALIGNMENT = "alignment"
@@ -79,15 +79,14 @@ def build_aligner(weights: WhisperWeights, alignment_heads: list[tuple[int, int]
         q = g.linear(h, weights[f"{prefix}.cross_attn.query.weight"] * scale,
                      weights[f"{prefix}.cross_attn.query.bias"] * scale, f"{prefix}.cross_attn.query")
         q = g.heads(q, n_head, d_head, [0, 2, 1, 3])  # [B, H, N, dh]
-        k_t = g.heads(layer_input("cross_k", i), n_head, d_head, [0, 2, 3, 1])  # [B, H, dh, T]
+        k_t = g.op("Transpose", [layer_input("cross_k", i)], perm=[0, 1, 3, 2])  # [B, H, dh, T]
         scores = g.op("MatMul", [q, k_t])  # [B, H, N, T]
         wanted = [head for layer, head in alignment_heads if layer == i]
         if wanted:
             scores_per_layer.append(g.op("Gather", [scores, g.const(wanted)], axis=1))
         if i == top:
             break
-        v = g.heads(layer_input("cross_v", i), n_head, d_head, [0, 2, 1, 3])
-        attended = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), v])
+        attended = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), layer_input("cross_v", i)])
         out = g.linear(g.merge_heads(attended, d), weights[f"{prefix}.cross_attn.out.weight"],
                        weights[f"{prefix}.cross_attn.out.bias"], f"{prefix}.cross_attn.out")
         x = g.mlp(g.op("Add", [x, out]), weights, prefix)
@@ -100,7 +99,7 @@ def build_aligner(weights: WhisperWeights, alignment_heads: list[tuple[int, int]
         stacked = g.op("Gather", [stacked, g.const(order)], axis=1)
     g.op("Transpose", [stacked], outputs=[ALIGNMENT], perm=[1, 0, 2, 3])
 
-    kv_shape = ["batch", AUDIO_CTX, d]
+    kv_shape = cross_layer_shape(dims, "batch", AUDIO_CTX)
     graph = helper.make_graph(
         g.nodes, "whisper_aligner",
         inputs=[helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "n_tokens"]),

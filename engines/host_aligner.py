@@ -29,7 +29,7 @@ class HostAligner:
 
     def run(self, tokens: np.ndarray, cross_k: np.ndarray, cross_v: np.ndarray) -> np.ndarray:
         """``alignment`` [heads, batch, n, audio_ctx] for ``tokens`` [batch, n] over float32 cross
-        K/V [n_text_layer, batch, audio_ctx, n_text_state]."""
+        K/V [n_text_layer, batch, n_text_head, audio_ctx, d_head]."""
         session = self._session or self._load()
         n_ctx = self._package.dims.n_text_ctx
         tokens = np.ascontiguousarray(tokens, dtype=np.int64)

@@ -11,12 +11,13 @@ The graphs follow the contract in docs/architecture.md. The design choices and w
   The graph never writes the cache; it returns only the new rows (``new_k``/``new_v``) and the
   caller writes them at ``offset``. Cache rows ``>= offset`` are masked in-graph.
 * Cross-attention keys/values of every decoder layer are projected once per window by the
-  encoder graph (one MatMul for all layers' keys, one for values), not at every decoder step.
+  encoder graph (one MatMul for all layers' keys, one for values), not at every decoder step,
+  and handed over split into heads, the layout the decoder's attention reads them in.
 * Queries and keys are pre-scaled by d_head**-0.25 (folded into the weights, as openai-whisper
   scales both), so no Mul node per step and ``cross_k``/``new_k`` are stored pre-scaled.
 * A decoder step of a small model is bound by memory traffic and per-node overhead, not by
   arithmetic: q/k/v are one MatMul, LayerNormalization is one node, GELU is spelled as the Erf
-  pattern ONNX Runtime fuses into one kernel, attention reads keys/values in place (see
+  pattern ONNX Runtime fuses into one kernel, self-attention reads the cache in place (see
   ``attend_rows``), and logits are computed for the last position only.
 * The tied token embedding is stored once: Gather reads it for embeddings and Gemm(transB=1)
   reads it for the logits. The int8 decoder keeps one int8 copy for both (``quantize_int8``).
@@ -33,7 +34,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from edgescribe.engines.runtime import KV_TENSORS, layer_input
+from edgescribe.engines.runtime import KV_TENSORS, cross_layer_shape, layer_input
 from edgescribe.engines.weights import WhisperWeights
 
 log = logging.getLogger(__name__)
@@ -127,28 +128,25 @@ class _GraphBuilder:
             scores = self.op("Add", [scores, mask])
         return self.op("MatMul", [self.op("Softmax", [scores], axis=-1), v])
 
-    def attend_rows(self, q: str, keys: str, values: str, heads: _Heads, mask: str | None) -> str:
-        """Multi-head attention that reads keys/values in their stored [B, T, state] layout.
+    def attend_rows(self, q: str, keys: str, values: str, heads: _Heads, mask: str) -> str:
+        """Masked multi-head attention that reads keys/values in their stored [B, T, state] layout
+        (the decoder's self-attention: its cache grows a row per token, so it is never split).
 
-        Splitting keys and values into heads needs transposes, i.e. copying the whole (up to
-        1500-row) tensors at every decoder step. Instead the few query rows are spread into a
-        block-diagonal matrix (query n, head h keeps only head h's columns), so one plain MatMul
-        against the untouched keys yields every head's scores; values are multiplied the same
-        way and each head keeps its own columns. The extra multiply-adds by zero are far cheaper
-        than moving the keys and values through memory again.
+        Splitting keys and values into heads needs transposes, i.e. copying the whole cache at
+        every decoder step. Instead the few query rows are spread into a block-diagonal matrix
+        (query n, head h keeps only head h's columns), so one plain MatMul against the untouched
+        keys yields every head's scores; values are multiplied the same way and each head keeps
+        its own columns. The extra multiply-adds by zero are cheaper than moving the cache
+        through memory again.
         """
         q_heads = self.op("Mul", [self.op("Unsqueeze", [q, self.const([2])]), heads.mask])  # [B, N, H, d]
         q_rows = self.op("Reshape", [q_heads, self.const([0, -1, heads.state])])  # [B, N*H, d]
         # keys^T is never materialised: ONNX Runtime folds the Transpose into the MatMul (transB)
         # and TensorRT reads transposed operands natively.
         scores = self.op("MatMul", [q_rows, self.op("Transpose", [keys], perm=[0, 2, 1])])  # [B, N*H, T]
-        if mask is None:
-            probs = self.op("Softmax", [scores], axis=-1)
-            rows = self.op("Reshape", [self.op("MatMul", [probs, values]), self.const([0, -1, heads.count, heads.state])])
-        else:
-            scores = self.op("Add", [self.op("Reshape", [scores, heads.rows_shape]), mask])  # [B, N, H, T]
-            probs = self.op("Softmax", [scores], axis=-1)
-            rows = self.op("MatMul", [probs, self.op("Unsqueeze", [values, self.const([1])])])  # [B, N, H, d]
+        scores = self.op("Add", [self.op("Reshape", [scores, heads.rows_shape]), mask])  # [B, N, H, T]
+        probs = self.op("Softmax", [scores], axis=-1)
+        rows = self.op("MatMul", [probs, self.op("Unsqueeze", [values, self.const([1])])])  # [B, N, H, d]
         return self.op("ReduceSum", [self.op("Mul", [rows, heads.mask]), self.const([2])], keepdims=0)
 
 
@@ -215,8 +213,11 @@ def build_encoder(weights: WhisperWeights) -> onnx.ModelProto:
     x = g.layer_norm(x, weights, "encoder.ln_post")
 
     # Cross-attention keys (and values) of all decoder layers in one MatMul each, once per
-    # window: [B, T, L*d] -> [L, B, T, d]. Keys carry Whisper's d_head**-0.25 like the queries.
-    scale = np.float32((dims.n_text_state // dims.n_text_head) ** -0.25)
+    # window: [B, T, L*d] -> [L, B, H, T, d_head], split into heads here rather than at every
+    # decoder step. Keys carry Whisper's d_head**-0.25 like the queries.
+    n_text_head = dims.n_text_head
+    d_text_head = dims.n_text_state // n_text_head
+    scale = np.float32(d_text_head ** -0.25)
     layers = range(dims.n_text_layer)
     for output, part in (("cross_k", "key"), ("cross_v", "value")):
         weight = np.concatenate([weights[f"decoder.blocks.{i}.cross_attn.{part}.weight"] for i in layers], axis=0)
@@ -226,10 +227,10 @@ def build_encoder(weights: WhisperWeights) -> onnx.ModelProto:
         else:
             bias = np.concatenate([weights[f"decoder.blocks.{i}.cross_attn.value.bias"] for i in layers])
         projected = g.linear(x, weight.astype(np.float32), bias, f"decoder.cross_attn.{part}")
-        projected = g.op("Reshape", [projected, g.const([0, 0, dims.n_text_layer, dims.n_text_state])])
-        g.op("Transpose", [projected], outputs=[output], perm=[2, 0, 1, 3])
+        projected = g.op("Reshape", [projected, g.const([0, 0, dims.n_text_layer, n_text_head, d_text_head])])
+        g.op("Transpose", [projected], outputs=[output], perm=[2, 0, 3, 1, 4])
 
-    cross_shape = [dims.n_text_layer, "batch", AUDIO_CTX, dims.n_text_state]
+    cross_shape = [dims.n_text_layer, *cross_layer_shape(dims, "batch", AUDIO_CTX)]
     graph = helper.make_graph(
         g.nodes, "whisper_encoder",
         inputs=[helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", dims.n_mels, FRAMES])],
@@ -310,8 +311,11 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False) -> onnx.Model
         scale = np.float32(d_head ** -0.25)
         q = g.linear(h, weights[f"{prefix}.cross_attn.query.weight"] * scale,
                      weights[f"{prefix}.cross_attn.query.bias"] * scale, f"{prefix}.cross_attn.query")
-        attended = g.attend_rows(q, kv["cross_k"][i], kv["cross_v"][i], heads, None)
-        out = g.linear(attended, weights[f"{prefix}.cross_attn.out.weight"],
+        # Keys and values come split into heads ([B, H, T, d_head]), so each head's scores are
+        # one matrix-vector product per query row; the Transpose folds into the MatMul.
+        k_t = g.op("Transpose", [kv["cross_k"][i]], perm=[0, 1, 3, 2])
+        attended = g.attend(g.heads(q, n_head, d_head, perm=[0, 2, 1, 3]), k_t, kv["cross_v"][i], None)
+        out = g.linear(g.merge_heads(attended, d), weights[f"{prefix}.cross_attn.out.weight"],
                        weights[f"{prefix}.cross_attn.out.bias"], f"{prefix}.cross_attn.out")
         x = g.mlp(g.op("Add", [x, out]), weights, prefix)
 
@@ -329,7 +333,7 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False) -> onnx.Model
         g.op("Gemm", [last, embedding], outputs=["logits"], transB=1)
 
     cache_shape = [dims.n_text_layer, "batch", dims.n_text_ctx, d]
-    cross_shape = [dims.n_text_layer, "batch", AUDIO_CTX, d]
+    cross_shape = [dims.n_text_layer, *cross_layer_shape(dims, "batch", AUDIO_CTX)]
     new_shape = [dims.n_text_layer, "batch", "n_tokens", d]
     cache_inputs = [helper.make_tensor_value_info(layer_input(name, i), TensorProto.FLOAT, shape[1:])
                     for name, shape in (("self_k", cache_shape), ("self_v", cache_shape),

@@ -36,7 +36,7 @@ class KVCache:
 class CrossKV:
     """Cross-attention keys and values of every decoder layer, from one encoder run."""
 
-    k: np.ndarray  # float32 [n_text_layer, batch, window frames / 2, n_text_state]
+    k: np.ndarray  # float32 [n_text_layer, batch, n_text_head, window frames / 2, d_head]
     v: np.ndarray
 
 

@@ -32,9 +32,10 @@ GRAPHS = {  # precision -> (encoder file, decoder file)
 # Optional: packages exported before it, or from weights without alignment heads, lack it.
 ALIGNER = "aligner.onnx"
 REEXPORT_HINT = "re-run edgescribe export"
-# How the decoder takes the cache and cross-attention K/V: one input per layer (self_k.0 ...,
-# see docs/architecture.md). The only layout this edgescribe reads or writes.
-DECODER_INPUTS = "per_layer"
+# How the decoder takes the cache and cross-attention K/V: one input per layer (self_k.0 ...),
+# cross K/V split into heads (engines/runtime.py, docs/architecture.md). The only layout this
+# edgescribe reads or writes; packages of the earlier "per_layer" layout are re-exported.
+DECODER_INPUTS = "per_layer_cross_heads"
 
 
 @dataclass(frozen=True)

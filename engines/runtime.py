@@ -6,11 +6,12 @@ and TensorRT (Jetson) implement it, so the decoding logic that ships is the one 
 Graph contract (see docs/architecture.md for the full table):
 
 * encoder: ``mel`` f32 [batch, n_mels, frames] -> ``cross_k``, ``cross_v``
-  f32 [n_text_layer, batch, frames / 2, n_text_state], for an even ``frames`` up to 3000 (a
-  window shorter than 30 s reads the first frames / 2 rows of the positional embedding)
+  f32 [n_text_layer, batch, n_text_head, frames / 2, d_head], for an even ``frames`` up to
+  3000 (a window shorter than 30 s reads the first frames / 2 rows of the positional
+  embedding); d_head = n_text_state / n_text_head
 * decoder: ``tokens`` i64 [batch, n_tokens], ``offset`` i64 [batch], and per decoder layer
   ``l`` the inputs ``self_k.l``, ``self_v.l`` f32 [batch, n_text_ctx, n_text_state] and
-  ``cross_k.l``, ``cross_v.l`` f32 [batch, frames / 2, n_text_state] -> ``logits`` f32
+  ``cross_k.l``, ``cross_v.l`` f32 [batch, n_text_head, frames / 2, d_head] -> ``logits`` f32
   [batch, n_vocab] (last position only), ``new_k``, ``new_v`` f32
   [n_text_layer, batch, n_tokens, n_text_state]
 
@@ -18,8 +19,9 @@ Graph contract (see docs/architecture.md for the full table):
   decoder's ``cross_k.l``/``cross_v.l`` inputs of the layers it reads -> ``alignment`` f32
   [n_alignment_heads, batch, n_tokens, frames / 2], the alignment heads' cross-attention scores
 
-Runners keep one buffer per K/V tensor, [n_text_layer, batch, rows, n_text_state], and feed
-the decoder layer ``l``'s contiguous slice of it.
+Runners keep one buffer per K/V tensor, [n_text_layer, batch, ...], and feed the decoder
+layer ``l``'s contiguous slice of it. A layer's slice of one window is ``rows * n_text_state``
+items either way (rows: n_text_ctx for the cache, frames / 2 for cross K/V).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgescribe.engines.weights import ModelDims
+
 # The K/V tensors the decoder reads, each split into one input per layer (``layer_input``).
 KV_TENSORS = ("self_k", "self_v", "cross_k", "cross_v")
 
@@ -35,6 +39,15 @@ KV_TENSORS = ("self_k", "self_v", "cross_k", "cross_v")
 def layer_input(tensor: str, layer: int) -> str:
     """The decoder input holding ``layer``'s slice of ``tensor`` (``self_k.0``, ...)."""
     return f"{tensor}.{layer}"
+
+
+def cross_layer_shape(dims: ModelDims, batch: int | str, rows: int | str) -> list[int | str]:
+    """One layer's cross-attention keys (or values): [batch, n_text_head, rows, d_head].
+
+    Split into heads once per window by the encoder, so a decoder step's attention reads each
+    head's rows as they lie (a layout of [batch, rows, n_text_state] made every step either
+    transpose them or multiply by a block-diagonal query six times the size)."""
+    return [batch, dims.n_text_head, rows, dims.n_text_state // dims.n_text_head]
 
 
 class Runner(Protocol):

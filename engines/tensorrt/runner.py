@@ -25,6 +25,7 @@ import numpy as np
 
 from edgescribe.engines.errors import ModelPackageError
 from edgescribe.engines.host_aligner import HostAligner
+from edgescribe.engines.runtime import cross_layer_shape
 from edgescribe.engines.tensorrt.builder import KVInput, kv_inputs
 from edgescribe.engines.tensorrt.engine_cache import ALIGNER, GRAPHS, EngineBuildError, EngineCache
 from edgescribe.engines.tensorrt.seam import DeviceBuffer, Shape
@@ -44,8 +45,8 @@ def decoder_io(kv: list[KVInput]) -> dict[str, bool]:
 
 @dataclass
 class DeviceCrossKV:
-    """Cross-attention K/V of ``batch`` windows, [n_text_layer, batch, rows, n_text_state]; ``rows``
-    is the window's mel frames / 2."""
+    """Cross-attention K/V of ``batch`` windows, [n_text_layer, batch, n_text_head, rows, d_head];
+    ``rows`` is the window's mel frames / 2. One window's K (or V) in one layer is contiguous."""
 
     k: DeviceBuffer
     v: DeviceBuffer
@@ -158,7 +159,7 @@ class DeviceAligner:
         row_bytes = _nbytes((cross.rows, state), self._kv_dtype)  # one window's K (or V) in one layer
         context.set_input_shape("tokens", (1, n))
         for name, _, _ in self._cross:
-            context.set_input_shape(name, (1, cross.rows, state))
+            context.set_input_shape(name, tuple(cross_layer_shape(dims, 1, cross.rows)))
         device, host = self._alignment_buffers(context.tensor_shape("alignment"))  # [heads, 1, n, rows]
         rows = []
         for b in range(cross.batch):
@@ -430,8 +431,10 @@ class TensorRTRunner:
             return
         dims = self._dims
         for kv in self._kv:
-            rows = dims.n_text_ctx if kv.source.startswith("self") else cross.rows
-            layer_shape = (batch, rows, dims.n_text_state)
+            if kv.source.startswith("self"):
+                layer_shape = (batch, dims.n_text_ctx, dims.n_text_state)
+            else:
+                layer_shape = tuple(cross_layer_shape(dims, batch, cross.rows))
             self._dec_ctx.set_input_shape(kv.tensor, layer_shape)
             offset = kv.layer * _nbytes(layer_shape, self.kv_dtype)
             self._dec_ctx.set_address(kv.tensor, buffers[kv.source].ptr + offset)
@@ -448,7 +451,7 @@ class TensorRTRunner:
         """Copy cross K/V back as float32 numpy arrays (validation, and word timing without an
         aligner engine; never per token)."""
         dims = self._dims
-        shape = (dims.n_text_layer, cross.batch, cross.rows, dims.n_text_state)
+        shape = (dims.n_text_layer, *cross_layer_shape(dims, cross.batch, cross.rows))
         with self._gpu.active():
             k = self._gpu.pinned(shape, self.kv_dtype)
             v = self._gpu.pinned(shape, self.kv_dtype)

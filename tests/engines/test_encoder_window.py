@@ -41,7 +41,7 @@ def test_a_short_window_yields_half_as_many_cross_rows(tiny, corpus):
     mel = tiny.encoder_window(tiny.log_mel(load_audio(corpus / "en" / SHORT)), "adaptive")
     assert mel.shape == (80, 1000)
     cross = tiny.runner.encode(mel[None])
-    assert cross.k.shape == (4, 1, 500, 384) and cross.v.shape == (4, 1, 500, 384)
+    assert cross.k.shape == (4, 1, 6, 500, 64) and cross.v.shape == (4, 1, 6, 500, 64)
     with pytest.raises(ValueError, match=r"mel must be \[batch, 80, 2\.\.3000\], got \[1, 80, 3002\]"):
         tiny.runner.encode(np.zeros((1, 80, N_FRAMES + 2), np.float32))
 

@@ -107,7 +107,8 @@ def _signature(values):
 
 
 F32, I64 = onnx.TensorProto.FLOAT, onnx.TensorProto.INT64
-CROSS, CACHE = [4, "batch", "audio_ctx", 384], [4, "batch", 448, 384]  # tiny.en; windows vary in length
+# tiny.en: 4 layers, 6 heads of 64; windows vary in length. Cross K/V come split into heads.
+CROSS, CACHE = [4, "batch", 6, "audio_ctx", 64], [4, "batch", 448, 384]
 
 
 def _decoder_inputs_signature() -> dict:
@@ -163,8 +164,9 @@ def test_cross_attention_keys_match_ctranslate2_encoder(tiny_en_package, ct2_tin
         # Keys are stored pre-scaled by d_head**-0.25 (Whisper scales queries and keys alike).
         keys = encoded[0] @ weights[f"{prefix}.key.weight"].T * d_head ** -0.25
         values = encoded[0] @ weights[f"{prefix}.value.weight"].T + weights[f"{prefix}.value.bias"]
-        np.testing.assert_allclose(cross_k[layer, 0], keys, atol=2e-3, rtol=1e-3)
-        np.testing.assert_allclose(cross_v[layer, 0], values, atol=2e-3, rtol=1e-3)
+        heads = lambda rows: rows.reshape(len(rows), 6, d_head).transpose(1, 0, 2)  # noqa: E731  [H, T, d_head]
+        np.testing.assert_allclose(cross_k[layer, 0], heads(keys), atol=2e-3, rtol=1e-3)
+        np.testing.assert_allclose(cross_v[layer, 0], heads(values), atol=2e-3, rtol=1e-3)
 
 
 @pytest.mark.parametrize("clip", ["arctic_aew_a0001.wav", "jfk_inaugural_1961.wav"])
@@ -266,14 +268,15 @@ def test_int8_graphs_agree_with_float(tiny_en_package, corpus):
 
 
 def test_manifest_records_the_decoder_layout_and_older_layouts_are_refused(tmp_path):
-    """The manifest names the one decoder layout; a stacked package (or one from before the
-    field existed) fails to load with one line naming the file and the fix."""
+    """The manifest names the one decoder layout; a package of an earlier layout (cross K/V not
+    split into heads, stacked inputs, or from before the field existed) fails to load with one
+    line naming the file and the fix."""
     written = write_package(load_weights("tiny.en"), tmp_path / "tiny.en")
     manifest_path = tmp_path / "tiny.en" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    assert manifest["decoder_inputs"] == "per_layer"
+    assert manifest["decoder_inputs"] == "per_layer_cross_heads"
     assert ModelPackage.load(tmp_path / "tiny.en").manifest == written.manifest
-    for layout in ("stacked", None):
+    for layout in ("per_layer", "stacked", None):
         if layout is None:
             del manifest["decoder_inputs"]
         else:
@@ -281,6 +284,6 @@ def test_manifest_records_the_decoder_layout_and_older_layouts_are_refused(tmp_p
         manifest_path.write_text(json.dumps(manifest))
         with pytest.raises(ModelPackageError) as error:
             ModelPackage.load(tmp_path / "tiny.en", verify=False)
-        found = "'stacked'" if layout else "missing (stacked)"
+        found = f"'{layout}'" if layout else "missing (stacked)"
         assert str(error.value) == (f"model package {tmp_path / 'tiny.en'}: manifest.json has decoder_inputs {found}, "
-                                    "this edgescribe reads only 'per_layer' graphs; re-run edgescribe export")
+                                    "this edgescribe reads only 'per_layer_cross_heads' graphs; re-run edgescribe export")

@@ -27,7 +27,7 @@ def cross_pair(runner, tiny_en_package, corpus):
 def test_shapes(runner, cross_pair, tiny_en_package):
     dims = tiny_en_package.dims
     assert runner.name == "onnxruntime" and runner.threads == 2 and runner.precision == "float32"
-    assert cross_pair.k.shape == (dims.n_text_layer, 2, dims.n_audio_ctx, dims.n_text_state)
+    assert cross_pair.k.shape == (dims.n_text_layer, 2, dims.n_text_head, dims.n_audio_ctx, 64)
     cache = runner.new_cache(2)
     assert cache.k.shape == (dims.n_text_layer, 2, dims.n_text_ctx, dims.n_text_state) and not cache.k.any()
     logits = runner.decode(np.array([[50257], [50257]]), np.zeros(2, np.int64), cache, cross_pair)

@@ -57,7 +57,8 @@ def test_profiles_cover_batch_and_prompt_range_with_single_token_opt(tiny_packag
     # one K/V input per layer, each with one layer's shape
     assert set(shapes["decoder"]) == {"tokens", "offset"} | KV_NAMES
     assert shapes["decoder"]["self_v.3"] == ((1, 448, 384), (1, 448, 384), (4, 448, 384))
-    assert shapes["decoder"]["cross_k.0"] == ((1, 500, 384), (1, 500, 384), (4, 1500, 384))
+    # cross K/V split into heads: [batch, 6 heads, rows, 64]
+    assert shapes["decoder"]["cross_k.0"] == ((1, 6, 500, 64), (1, 6, 500, 64), (4, 6, 1500, 64))
     with pytest.raises(ValueError, match="exceeds the model's text context 448"):
         profiles(dims, BuildOptions(max_prompt_tokens=449))
 
@@ -79,8 +80,8 @@ def test_the_aligner_profile_spans_a_windows_tokens_and_the_decoders_windows(tin
     aligner = shapes["aligner"]
     assert aligner["tokens"] == ((1, 1), (1, 64), (1, 448))  # up to the text context, one window at a time
     assert set(aligner) == {"tokens", "cross_k.0", "cross_k.1", "cross_k.2", "cross_k.3", "cross_v.0", "cross_v.1", "cross_v.2"}
-    decoder_rows = [shape[1] for shape in shapes["decoder"]["cross_k.0"]]
-    assert [shape[1] for shape in aligner["cross_v.2"]] == decoder_rows == [500, 500, 1500]
+    decoder_rows = [shape[2] for shape in shapes["decoder"]["cross_k.0"]]
+    assert [shape[2] for shape in aligner["cross_v.2"]] == decoder_rows == [500, 500, 1500]
     fp16 = recipe("aligner.onnx", "aligner", tiny_package.dims, OPTIONS, "fp16", tiny_package.manifest.alignment_heads)
     assert set(aligner) - {"tokens"} <= set(fp16.half_io) and "alignment" not in fp16.half_io  # reads the encoder's fp16 K/V
     assert "aligner" not in profiles(tiny_package.dims, OPTIONS)  # a package without an aligner graph
@@ -168,10 +169,10 @@ def test_package_builds_validates_and_binds_each_layer_into_one_buffer(tiny_pack
     runner.decode(np.array([[special.sot, special.no_timestamps]] * 2), np.array([0, 0]), kv_cache, cross)
     context = [c for c in fake.gpu.contexts if "tokens" in c.engine.inputs][-1]  # this runner's decoder
     itemsize = np.dtype(runner.kv_dtype).itemsize
-    for layer in range(4):  # layer l of the [4, 2, rows, 384] buffers starts l * 2 * rows * 384 items in
+    for layer in range(4):  # layer l of the [4, 2, 6, rows, 64] buffers starts l * 2 * rows * 384 items in
         assert context.addresses[f"self_v.{layer}"] == kv_cache.v.ptr + layer * 2 * 448 * 384 * itemsize
         assert context.addresses[f"cross_k.{layer}"] == cross.k.ptr + layer * 2 * 1500 * 384 * itemsize
-        assert context.shapes[f"cross_k.{layer}"] == (2, 1500, 384)
+        assert context.shapes[f"cross_k.{layer}"] == (2, 6, 1500, 64)
     assert build(package, tmp_path, fake) is False
 
 
@@ -190,7 +191,7 @@ def test_runner_encodes_short_windows_and_binds_their_rows(tiny_package, fake, t
     assert cross.rows == 500
     logits = runner.decode(tokens, offsets, runner.new_cache(1), cross)
     context = [c for c in fake.gpu.contexts if "tokens" in c.engine.inputs][-1]
-    assert context.shapes["cross_v.3"] == (1, 500, 384)
+    assert context.shapes["cross_v.3"] == (1, 6, 500, 64)
     itemsize = np.dtype(runner.kv_dtype).itemsize
     assert context.addresses["cross_v.3"] == cross.v.ptr + 3 * 500 * 384 * itemsize
     reference = OnnxRunner(package, threads=1, prefer_int8=False)

@@ -255,7 +255,7 @@ def test_the_tensorrt_runner_times_words_on_its_aligner_engine_like_onnx_runtime
     aligner = [c for c in fake.gpu.contexts if "alignment" in c.engine.dtypes][-1]  # this runner's aligner
     row = cross.rows * 384 * np.dtype(runner.kv_dtype).itemsize
     assert aligner.addresses["cross_k.3"] == cross.k.ptr + (3 * 2 + 1) * row  # the last row ran last
-    assert aligner.shapes["cross_v.2"] == (1, cross.rows, 384)
+    assert aligner.shapes["cross_v.2"] == (1, 6, cross.rows, 64)
     expected = reference.align(tokens, reference.encode(mel))
     assert scores.shape == expected.shape == (8, 2, 6, cross.rows)
     assert np.abs(scores - expected).max() < 2e-3 * np.abs(expected).max()  # fp16 K/V: measured 3e-4
