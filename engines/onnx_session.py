@@ -14,8 +14,8 @@ def session_options(threads: int, spin: bool = True):
     Each session has its own threads, and the encoder, decoder and aligner take turns on the
     same cores: threads left spinning after one session's run slowed the next session's
     operators (an encode right after decoder steps, the first steps after an encode). So
-    threads spin only while their own session runs (docs/benchmarks.md, "Offline
-    transcription": encoder and decoder steps both faster).
+    threads spin only while their own session runs (docs/benchmarks.md, "Encoder windows
+    sized to the audio", "Speed": encoder and decoder steps both faster).
     """
     import onnxruntime as ort
 

@@ -6,7 +6,8 @@ Whisper's temperature fallback and no VAD. Every pass of every system runs in a 
 subprocess, so its peak resident memory (ru_maxrss) is its own, and the passes alternate
 between the systems, so a change in machine load hits both alike. Reported per system: wall
 time of transcription (fastest pass; model loading excluded, shown apart), real-time factor,
-peak RSS, corpus WER; then the ratio edgescribe / faster-whisper.
+peak RSS, corpus WER; then the ratio edgescribe / faster-whisper, and where edgescribe's time
+went: its runner's encoder windows, decoder steps and prompts, counted and timed.
 
     .venv/bin/python scripts/benchmark_offline.py --model-source tiny.en --repeat 3
 
@@ -27,7 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, ENCODER_WINDOWS  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "corpus" / "en"
 
@@ -45,10 +46,12 @@ def _worker(args: argparse.Namespace) -> None:
 
         model = load_model(args.package, backend="onnxruntime", threads=args.threads)
         detail = f"{model.runner.precision} graphs, {args.encoder_window} encoder windows"
+        calls = _count_runner_calls(model.runner)
 
         def run(samples):
             return transcribe(model, samples, TranscribeOptions(encoder_window=args.encoder_window)).text
     else:
+        calls = {}
         from tests.fixtures.faster_whisper_reference import load_reference, reference_transcribe
 
         model = load_reference(args.model_source, compute_type=args.fw_compute_type, threads=args.threads)
@@ -67,7 +70,28 @@ def _worker(args: argparse.Namespace) -> None:
         "wall_seconds": time.perf_counter() - started,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "texts": texts,
+        "runner_calls": calls,
     }))
+
+
+def _count_runner_calls(runner) -> dict[str, list]:
+    """Wrap the runner's encode and decode with counters: {kind: [calls, seconds]}, kinds being
+    encoder windows by length, decoder steps (one token a row) and prompts (several)."""
+    calls: dict[str, list] = {}
+
+    def counted(method, kind_of):
+        def run(*args):
+            started = time.perf_counter()
+            result = method(*args)
+            total = calls.setdefault(kind_of(args[0]), [0, 0.0])
+            total[0] += 1
+            total[1] += time.perf_counter() - started
+            return result
+        return run
+
+    runner.encode = counted(runner.encode, lambda mel: f"encoder, {mel.shape[2] // 100}-s window")
+    runner.decode = counted(runner.decode, lambda tokens: "decoder step" if tokens.shape[1] == 1 else "decoder prompt")
+    return calls
 
 
 def _run_system(system: str, args: argparse.Namespace, files: list[Path]) -> dict:
@@ -91,7 +115,7 @@ def main() -> int:
     parser.add_argument("--fw-compute-type", default="int8", help="faster-whisper compute_type")
     parser.add_argument("--language", default="en", help="language of the files, for scoring")
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=DEFAULT_ENCODER_WINDOW,
                         help="edgescribe's window for recordings that fit one (engines/encoder_window.py)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per system")
     parser.add_argument("--worker", choices=("edgescribe", "faster-whisper"), help=argparse.SUPPRESS)
@@ -133,6 +157,9 @@ def main() -> int:
         wer = f"{r['wer']:.4f}" if r["wer"] is not None else "-"
         print(f"{system:16} {r['detail']:22} {r['wall_seconds']:8.2f} {r['rtf']:7.4f} {r['peak_rss_mb']:12.0f} {wer:>7} {r['load_seconds']:7.2f}")
     ours, theirs = results["edgescribe"], results["faster-whisper"]
+    print("\nedgescribe's runner calls in its fastest pass:")
+    for kind, (count, seconds) in sorted(ours["runner_calls"].items()):
+        print(f"  {kind:24} {count:6} calls {seconds:7.2f} s {1000 * seconds / count:8.2f} ms each")
     ratio = ours["wall_seconds"] / theirs["wall_seconds"]
     print(f"\nwall-time ratio edgescribe / faster-whisper: {ratio:.3f} (target <= 0.5)")
     print(f"edgescribe peak RSS: {ours['peak_rss_mb']:.0f} MB (target <= 370)")
