@@ -33,7 +33,8 @@ from typing import Optional
 
 import numpy as np
 
-from edgescribe.daemon.config.audio import SegmenterOptions, VadOptions
+from edgescribe.daemon.config.audio import (LOUD_FLOOR_SNR_DB, LOUDEST_EXTRA_SILENCE_S, LOUDEST_FLOOR_SNR_DB,
+                                           QUIET_FLOOR_SNR_DB, SegmenterOptions, VadOptions)
 from edgescribe.daemon.config.transcription import DEFAULT_PARTIAL_INTERVAL_S
 from edgescribe.daemon.noise_floor import NoiseFloor
 from edgescribe.daemon.ring_buffer import AudioBlock
@@ -56,23 +57,6 @@ PAUSE_AFTER_S = 0.096
 # two CPU cores; less on an Orin). When the floor makes the end wait longer, the pause update
 # waits too, so the decode hears more of the pause and is still done in time.
 _DECODE_HEADROOM_S = 0.2
-# The estimated SNR (dB) at and below which noisy_min_silence_s ends an utterance, and at and
-# above which min_silence_s does; linear in between. Measured on the corpus mixed with the
-# MIMII factory noises (docs/benchmarks.md): the estimate reads within 1-4 dB of the mix's
-# SNR; with pump noise at 20 dB, streaming WER was 15.8 / 14.3 / 13.4 % with the quiet end at
-# 20 / 30 / 40 dB (offline 10.3 %), so even a moderate floor wants a longer silence. But read
-# speech recorded in a quiet room (LibriSpeech) estimates at 30-40 dB, and there the clean
-# latency target needs the short silence: 30 dB is where the two meet.
-LOUD_FLOOR_SNR_DB = 10.0
-QUIET_FLOOR_SNR_DB = 30.0
-# On a louder floor still the silence keeps growing, to LOUDEST_EXTRA_SILENCE_S more than
-# noisy_min_silence_s at LOUDEST_FLOOR_SNR_DB and below. At 5 dB the detector's dips inside
-# sentences outlast the 10-dB silence: pump noise at 5 dB gave +2.2 points over offline with
-# 0.45 s and -1.3 with 0.7 s (one run, docs/benchmarks.md has the pooled table). No latency
-# target is set that loud, and above 10 dB nothing changes.
-LOUDEST_FLOOR_SNR_DB = 5.0
-LOUDEST_EXTRA_SILENCE_S = 0.25
-
 _FRAME_S = FRAME_SAMPLES / SAMPLE_RATE
 _GAP_TOLERANCE_S = 0.5 / SAMPLE_RATE  # audio_start rounding, not a gap
 

@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from edgescribe.daemon.capture import AudioBlock
-from edgescribe.daemon.config.audio import SegmenterOptions
-from edgescribe.daemon.segmenter import (LOUD_FLOOR_SNR_DB, LOUDEST_EXTRA_SILENCE_S, PAUSE_AFTER_S, Segmenter,
-                                         cut_frame)
+from edgescribe.daemon.config.audio import LOUD_FLOOR_SNR_DB, LOUDEST_EXTRA_SILENCE_S, SegmenterOptions
+from edgescribe.daemon.segmenter import PAUSE_AFTER_S, Segmenter, cut_frame
 from edgescribe.daemon.vad import FRAME_SAMPLES, EnergyVad, SileroVad
 from edgescribe.engines.audio import load_audio
 
