@@ -32,7 +32,7 @@ from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES
 from edgescribe.engines.backend import load_model
 from edgescribe.engines.audio import SAMPLE_RATE
 from edgescribe.engines.decoding import DecodingOptions, continuation, decode
-from edgescribe.engines.encoder_window import EncoderWindow
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, EncoderWindow
 from edgescribe.engines.errors import ModelPackageError
 from edgescribe.engines.word_timing import SpanTokens, Word, time_words
 
@@ -228,7 +228,7 @@ class InferenceScheduler:
         max_pending_finals: int = 32,
         decode: Callable = decode,
         partial_share: float = PARTIAL_SHARE,
-        encoder_window: EncoderWindow = "full",
+        encoder_window: EncoderWindow = DEFAULT_ENCODER_WINDOW,
     ):
         self.max_batch = max_batch
         self.encoder_window = encoder_window  # engines/encoder_window.py

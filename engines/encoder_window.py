@@ -22,6 +22,9 @@ from edgescribe.engines.audio import FRAMES_PER_SECOND, N_FRAMES
 
 EncoderWindow = Literal["adaptive", "full"]
 ENCODER_WINDOWS: tuple[EncoderWindow, ...] = ("adaptive", "full")
+# The default of engine.encoder_window and of the offline tools: full until adaptive windows
+# meet every accuracy gate on both models (docs/benchmarks.md, "Encoder windows").
+DEFAULT_ENCODER_WINDOW: EncoderWindow = "full"
 
 # Window lengths in mel frames (100 per second): 10, 15, 20 and 30 s.
 WINDOW_FRAMES = (1000, 1500, 2000, N_FRAMES)

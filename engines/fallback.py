@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from edgescribe.engines.encoder_window import EncoderWindow
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, EncoderWindow
 from edgescribe.engines.quality_gates import QualityGates, Scored
 
 # Beams of the last-resort decode (the width issue 16 measured offline).
@@ -45,7 +45,7 @@ class Attempt:
 class FallbackLadder:
     temperatures: tuple[float, ...]  # increasing; the first is the first attempt's
     beam_size: int = 1  # beams at temperature 0 (1: greedy)
-    encoder_window: EncoderWindow = "full"  # the first attempt's window
+    encoder_window: EncoderWindow = DEFAULT_ENCODER_WINDOW  # the first attempt's window
     # a "no speech" verdict fails too, so hotter decodes get their say (the live path's doubt
     # when the voice detector heard several seconds of speech)
     doubt_silence: bool = False

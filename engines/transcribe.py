@@ -17,7 +17,7 @@ import numpy as np
 
 from edgescribe.engines.audio import FRAMES_PER_SECOND, HOP_LENGTH, N_FRAMES, SAMPLE_RATE, load_audio
 from edgescribe.engines.decoding import DecodingOptions, DecodingResult, decode
-from edgescribe.engines.encoder_window import EncoderWindow
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, EncoderWindow
 from edgescribe.engines.fallback import Attempt, FallbackLadder
 from edgescribe.engines.model import WhisperModel
 from edgescribe.engines.quality_gates import QualityGates
@@ -60,7 +60,7 @@ class TranscribeOptions:
     seed: int | None = 0  # sampling is reproducible by default
     # A recording that fits one window is encoded in a window sized to it (see
     # engines/encoder_window.py); longer recordings keep 30-s windows, as the seek loop needs.
-    encoder_window: EncoderWindow = "full"
+    encoder_window: EncoderWindow = DEFAULT_ENCODER_WINDOW
     # Word start/end times per segment (engines/word_timing.py); needs the package's aligner graph.
     # Segments keep their text and the seek loop its course; their times follow their words.
     word_timestamps: bool = False

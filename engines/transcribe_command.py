@@ -17,7 +17,7 @@ import time
 
 from edgescribe.engines.audio import load_audio
 from edgescribe.engines.backend import BACKENDS, load_model
-from edgescribe.engines.encoder_window import ENCODER_WINDOWS
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, ENCODER_WINDOWS
 from edgescribe.engines.errors import EdgescribeError
 from edgescribe.engines.transcribe import TranscribeOptions, Transcription, transcribe
 
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--without-timestamps", action="store_true", help="decode text only (one segment per window)")
     parser.add_argument("--beam-size", type=int, default=1, metavar="N",
                         help="beam search with N beams at temperature 0 (default 1: greedy); slower, often more accurate in noise")
-    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=DEFAULT_ENCODER_WINDOW,
                         help="a recording that fits one window: encode it in a window sized to it (adaptive) "
                              "or in the full 30 s")
     parser.add_argument("--word-timestamps", action="store_true",

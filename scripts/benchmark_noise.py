@@ -54,7 +54,7 @@ from edgescribe.daemon.streaming import StreamTranscriber  # noqa: E402
 from edgescribe.daemon.vad import FRAME_SAMPLES, create_vad  # noqa: E402
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from edgescribe.engines.backend import load_model  # noqa: E402
-from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, ENCODER_WINDOWS  # noqa: E402
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe  # noqa: E402
 from tests.fixtures.scoring import ErrorCounts, corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import (  # noqa: E402
@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise-only-minutes", type=float, default=10.0, help="each noise alone for this long")
     parser.add_argument("--fixed-silence", action="store_true",
                         help="end utterances after min_silence_s whatever the floor (the rule before floor-aware silence)")
-    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=DEFAULT_ENCODER_WINDOW,
                         help="encoder window for live utterances and offline single windows (engines/encoder_window.py)")
     args = parser.parse_args(argv)
 

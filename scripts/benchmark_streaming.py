@@ -41,7 +41,7 @@ from edgescribe.daemon.config.transcription import TranscriptionConfig  # noqa: 
 from edgescribe.daemon.events import GapEvent  # noqa: E402
 from edgescribe.daemon.scheduler import EngineManager, InferenceScheduler  # noqa: E402
 from edgescribe.daemon.pipeline import StreamPipeline  # noqa: E402
-from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, ENCODER_WINDOWS  # noqa: E402
 from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import Collected, latency_from_speech_end, spoken_stream, write_wav  # noqa: E402
 
@@ -179,7 +179,7 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--no-partials", action="store_true", help="finals only (partials are on in the daemon by default)")
     parser.add_argument("--no-speculative-final", action="store_true", help="start final decodes only at the end of the utterance")
-    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default="full",
+    parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=DEFAULT_ENCODER_WINDOW,
                         help="engine.encoder_window: live windows sized to the utterance, or always 30 s")
 
 

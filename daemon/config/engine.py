@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 from edgescribe.daemon.config.schema import Section, setting
+from edgescribe.engines.encoder_window import DEFAULT_ENCODER_WINDOW, EncoderWindow
 
 # One place for the defaults that `edgescribe build-engines` and the daemon share, so the
 # engines the install-time unit builds are the ones the daemon looks for.
@@ -53,8 +54,8 @@ class EngineConfig(Section):
         max=448,
         unit="tokens",
     )
-    encoder_window: Literal["adaptive", "full"] = setting(
-        "full",
+    encoder_window: EncoderWindow = setting(
+        DEFAULT_ENCODER_WINDOW,
         "How much audio Whisper's encoder reads for a live utterance or partial. full: always a 30-s "
         "window, as Whisper was trained. adaptive: the shortest of 10, 15, 20 or 30 s that holds the "
         "utterance plus 2 s, which cuts the encoder's work for short utterances (docs/benchmarks.md, "
