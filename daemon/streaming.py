@@ -697,6 +697,7 @@ class LiveUtterance:
         """A decode of ``windows``: a final's at one step of its fallback ladder (``attempt``),
         or a partial's (greedy, temperature 0, in the scheduler's encoder window)."""
         config = self._settings.config
+        after_context = final and self._context_samples > 0
         return DecodeRequest(
             key=self.utterance_id,
             final=final,
@@ -708,9 +709,12 @@ class LiveUtterance:
             task=config.task,
             prompt=build_prompt(config, stream.previous_text),
             beam_size=attempt.beam_size if attempt else 1,
-            encoder_window=attempt.window if attempt else None,
+            # A final decoded after its context reads a full window: in a short one the model
+            # must continue a forced prefix close to the window's end and loses the end or
+            # repeats (docs/benchmarks.md, "Encoder windows": the streaming gate).
+            encoder_window="full" if after_context else attempt.window if attempt else None,
             word_timestamps=final and config.word_timestamps,
-            prefix=self._context.prefix if final and self._context_samples else "",
+            prefix=self._context.prefix if after_context else "",
             context_samples=self._context_samples if final else 0,
             tag=tag,
         )

@@ -415,17 +415,20 @@ def _live_final(corpus, tiny_en_model, decode_with, speech_s=0.0, encoder_window
     return events, transcriber.drop_counts()
 
 
-def test_a_final_after_a_short_pause_is_decoded_after_the_previous_utterance_as_its_context(corpus, tiny_en_model):
+@pytest.mark.parametrize("encoder_window", ["full", "adaptive"])
+def test_a_final_after_a_short_pause_is_decoded_after_the_previous_utterance_as_its_context(corpus, tiny_en_model,
+                                                                                            encoder_window):
     # JFK's sentence cut at his pause after "Americans," (3.6 s), the rest 0.5 s later
     audio = load_audio_file(corpus, "jfk_inaugural_1961")
     first, rest = audio[: int(3.6 * 16000)], audio[int(3.6 * 16000):]
-    prefixes = []
+    prefixes, window_frames = [], []
 
     def recording(model, mel, options, **kwargs):
         prefixes.extend(model.tokenizer.decode(list(option.prefix)) for option in options)
+        window_frames.extend([mel.shape[-1]] * len(options))
         return decode(model, mel, options, **kwargs)
 
-    scheduler = InferenceScheduler(decode=recording)
+    scheduler = InferenceScheduler(decode=recording, encoder_window=encoder_window)
     scheduler.start()
     events = Collected()
     transcriber = StreamTranscriber("mic", TranscriptionConfig(partials=False), scheduler, engines_for(tiny_en_model),
@@ -440,6 +443,8 @@ def test_a_final_after_a_short_pause_is_decoded_after_the_previous_utterance_as_
     one, two = events.finals()
     assert (one.utterance_id, two.utterance_id) == ("u1", "u2")
     assert prefixes == ["", " " + one.text]  # the second heard the first's final as its start
+    # with adaptive windows the first reads 10 s; the one after its context always 30 s
+    assert window_frames == [1000 if encoder_window == "adaptive" else 3000, 3000]
     # only the continuation is published: nothing of the first final is repeated
     assert not normalize(two.text).startswith(normalize(one.text).split()[0])
     assert wer("and so my fellow americans ask not what your country can do for you ask what you can do for your "
