@@ -20,12 +20,12 @@ SAMPLE_FORMATS = typing.get_args(SampleFormat)
 # How the silence that ends an utterance follows the floor (daemon/segmenter.py applies it;
 # kept here so the setting's help states the same numbers). The estimated SNR (dB) at and
 # below which noisy_min_silence_s ends an utterance, and at and above which min_silence_s
-# does; linear in between. Measured on the corpus mixed with the
-# MIMII factory noises (docs/benchmarks.md): the estimate reads within 1-4 dB of the mix's
-# SNR; with pump noise at 20 dB, streaming WER was 15.8 / 14.3 / 13.4 % with the quiet end at
-# 20 / 30 / 40 dB (offline 10.3 %), so even a moderate floor wants a longer silence. But read
-# speech recorded in a quiet room (LibriSpeech) estimates at 30-40 dB, and there the clean
-# latency target needs the short silence: 30 dB is where the two meet.
+# does; linear in between. Measured on the corpus mixed with the MIMII factory noises
+# (docs/benchmarks.md): the estimate reads within 1-4 dB of the mix's SNR; with pump noise at
+# 20 dB, streaming WER was 15.8 / 14.3 / 13.4 % with the quiet end at 20 / 30 / 40 dB (offline
+# 10.3 %), so even a moderate floor wants a longer silence. But read speech recorded in a
+# quiet room (LibriSpeech) estimates at 30-40 dB, and there the clean latency target needs the
+# short silence: 30 dB is where the two meet.
 LOUD_FLOOR_SNR_DB = 10.0
 QUIET_FLOOR_SNR_DB = 30.0
 # On a louder floor still the silence keeps growing, to LOUDEST_EXTRA_SILENCE_S more than
