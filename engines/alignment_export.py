@@ -99,7 +99,7 @@ def build_aligner(weights: WhisperWeights, alignment_heads: list[tuple[int, int]
         stacked = g.op("Gather", [stacked, g.const(order)], axis=1)
     g.op("Transpose", [stacked], outputs=[ALIGNMENT], perm=[1, 0, 2, 3])
 
-    kv_shape = cross_layer_shape(dims, "batch", AUDIO_CTX)
+    kv_shape = list(cross_layer_shape(dims, "batch", AUDIO_CTX))
     graph = helper.make_graph(
         g.nodes, "whisper_aligner",
         inputs=[helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "n_tokens"]),

@@ -152,7 +152,6 @@ class _GraphBuilder:
 
 @dataclass(frozen=True)
 class _Heads:
-    count: int
     state: int
     mask: str  # [H, state] 1 where a state column belongs to the head
     rows_shape: str  # [B, N, H, -1]
@@ -282,7 +281,7 @@ def build_decoder(weights: WhisperWeights, for_int8: bool = False) -> onnx.Model
     mask = g.op("Where", [visible, g.const(0.0, np.float32), g.const(MASK_VALUE, np.float32)])
     mask = g.op("Unsqueeze", [mask, g.const([2])])  # [B, N, 1, C + N]
 
-    heads = _Heads(n_head, d, g.const(_head_mask(n_head, d_head), np.float32),
+    heads = _Heads(d, g.const(_head_mask(n_head, d_head), np.float32),
                    g.op("Concat", [g.op("Shape", ["tokens"]), g.const([n_head, -1])], axis=0))
     kv = {name: [layer_input(name, i) for i in range(dims.n_text_layer)] for name in KV_TENSORS}
     if used_rows is not None:

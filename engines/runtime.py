@@ -41,13 +41,13 @@ def layer_input(tensor: str, layer: int) -> str:
     return f"{tensor}.{layer}"
 
 
-def cross_layer_shape(dims: ModelDims, batch: int | str, rows: int | str) -> list[int | str]:
+def cross_layer_shape(dims: ModelDims, batch: int | str, rows: int | str) -> tuple[int | str, ...]:
     """One layer's cross-attention keys (or values): [batch, n_text_head, rows, d_head].
 
     Split into heads once per window by the encoder, so a decoder step's attention reads each
     head's rows as they lie (a layout of [batch, rows, n_text_state] made every step either
     transpose them or multiply by a block-diagonal query six times the size)."""
-    return [batch, dims.n_text_head, rows, dims.n_text_state // dims.n_text_head]
+    return batch, dims.n_text_head, rows, dims.n_text_state // dims.n_text_head
 
 
 class Runner(Protocol):

@@ -120,13 +120,13 @@ def profiles(dims, options: BuildOptions, alignment_heads: Optional[Sequence[tup
     def kv_shape(kv: KVInput) -> tuple[Shape, Shape, Shape]:
         if kv.source.startswith("self"):
             return batched(lambda b: (b, ctx, state))
-        return windows(lambda b, rows: tuple(cross_layer_shape(dims, b, rows)), per_frame=2)  # a row per 2 frames
+        return windows(lambda b, rows: cross_layer_shape(dims, b, rows), per_frame=2)  # a row per 2 frames
 
     decoder = {"tokens": ((1, 1), (1, 1), (hi, n)), "offset": batched(lambda b: (b,))}
     decoder |= {kv.tensor: kv_shape(kv) for kv in kv_inputs(dims.n_text_layer)}
     shapes = {"encoder": {"mel": windows(lambda b, frames: (b, dims.n_mels, frames), per_frame=1)}, "decoder": decoder}
     if alignment_heads:
-        shortest_rows, full_rows = (tuple(cross_layer_shape(dims, 1, frames // 2)) for frames in (shortest, full))
+        shortest_rows, full_rows = (cross_layer_shape(dims, 1, frames // 2) for frames in (shortest, full))
         cross = (shortest_rows, shortest_rows, full_rows)
         aligner = {"tokens": ((1, 1), (1, min(ALIGNER_OPT_TOKENS, ctx)), (1, ctx))}
         shapes[ALIGNER] = aligner | {name: cross for name in aligner_kv_inputs(alignment_heads)}

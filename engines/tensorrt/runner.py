@@ -159,7 +159,7 @@ class DeviceAligner:
         row_bytes = _nbytes((cross.rows, state), self._kv_dtype)  # one window's K (or V) in one layer
         context.set_input_shape("tokens", (1, n))
         for name, _, _ in self._cross:
-            context.set_input_shape(name, tuple(cross_layer_shape(dims, 1, cross.rows)))
+            context.set_input_shape(name, cross_layer_shape(dims, 1, cross.rows))
         device, host = self._alignment_buffers(context.tensor_shape("alignment"))  # [heads, 1, n, rows]
         rows = []
         for b in range(cross.batch):
@@ -434,7 +434,7 @@ class TensorRTRunner:
             if kv.source.startswith("self"):
                 layer_shape = (batch, dims.n_text_ctx, dims.n_text_state)
             else:
-                layer_shape = tuple(cross_layer_shape(dims, batch, cross.rows))
+                layer_shape = cross_layer_shape(dims, batch, cross.rows)
             self._dec_ctx.set_input_shape(kv.tensor, layer_shape)
             offset = kv.layer * _nbytes(layer_shape, self.kv_dtype)
             self._dec_ctx.set_address(kv.tensor, buffers[kv.source].ptr + offset)
