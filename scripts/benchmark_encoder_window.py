@@ -9,6 +9,7 @@ figure; the speed comparison with faster-whisper is scripts/benchmark_offline.py
 
     .venv/bin/python scripts/benchmark_encoder_window.py --model var/pkg/tiny.en
     .venv/bin/python scripts/benchmark_encoder_window.py --model var/pkg/base --language zh
+    .venv/bin/python scripts/benchmark_encoder_window.py --model var/pkg/base --language zh --float32
 
 The streaming counterpart: scripts/benchmark_noise.py --encoder-window adaptive|full.
 """
@@ -24,8 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from edgescribe.engines.audio import N_FRAMES, SAMPLE_RATE, load_audio  # noqa: E402
-from edgescribe.engines.backend import load_model  # noqa: E402
 from edgescribe.engines.encoder_window import ENCODER_WINDOWS  # noqa: E402
+from edgescribe.engines.model import WhisperModel  # noqa: E402
+from edgescribe.engines.onnx_runner import OnnxRunner  # noqa: E402
+from edgescribe.engines.package import ModelPackage  # noqa: E402
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe  # noqa: E402
 from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
 
@@ -38,9 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=REPO / "var" / "pkg" / "tiny.en", help="model package directory")
     parser.add_argument("--language", default="en", help="corpus language (a directory of ../shared/corpus)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    parser.add_argument("--float32", action="store_true",
+                        help="the package's float32 graphs even when it has int8 ones: the int8 graphs "
+                             "quantise activations with one scale per tensor, so their rounding also "
+                             "moves with the window's length")
     args = parser.parse_args(argv)
 
-    model = load_model(args.model, backend="onnxruntime", threads=args.threads)
+    package = ModelPackage.load(args.model)
+    model = WhisperModel.from_package(package, OnnxRunner(package, threads=args.threads, prefer_int8=not args.float32))
     corpus = CORPUS / args.language
     references = read_transcripts(corpus / "transcripts.tsv")
     audio = {path.stem: load_audio(path) for path in sorted(corpus.glob("*.wav")) if path.stem in references}

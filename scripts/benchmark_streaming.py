@@ -4,14 +4,14 @@ pipeline (WAV source -> ring buffer -> Silero VAD segmenter -> streaming transcr
 one inference worker), as microphones would deliver it.
 
 Reports
-  1. final-transcript latency: from the moment the segmenter reports the end of an
-     utterance (its ``ended`` update, min_silence_s after the last word) to the final being
-     ready, p50/p95 (targets: p50 <= 0.5 s, p95 <= 1.0 s);
+  1. final-transcript latency of one stream from the end of speech (the talker's last voiced
+     20 ms: the segmenter's silence wait plus inference), p50/p95 (targets: p50 <= 0.35 s,
+     p95 <= 0.7 s), and the part of it after the segmenter's ``ended`` update;
   2. WER of the streaming finals against the offline transcription (engines.transcribe) of
      the same files (target: streaming at most 1 point worse);
-  3. the largest number of simultaneous real-time streams that keep up: N = 1, 2, 4, 6, ...
-     streams with distinct files, kept up = no audio lost (no GapEvent) and final latency
-     p95 within --latency-bound (target >= 4 streams).
+  3. the largest number of simultaneous real-time streams that keep up: the --streams counts
+     with distinct files, kept up = no audio lost (no GapEvent) and final latency p95 within
+     --latency-bound (target >= 12 streams of tiny.en int8 on 2 threads, partials on).
 
 Not a test: run it on a quiet machine. Example (about 6 minutes):
     .venv/bin/python scripts/benchmark_streaming.py --model var/pkg/tiny.en --threads 2
@@ -46,6 +46,11 @@ from tests.fixtures.scoring import corpus_counts, read_transcripts  # noqa: E402
 from tests.fixtures.streaming import Collected, latency_from_speech_end, spoken_stream, write_wav  # noqa: E402
 
 log = logging.getLogger("benchmark_streaming")
+
+# issue 15's targets for tiny.en int8 on two CPU threads
+LATENCY_P50_TARGET_S = 0.35
+LATENCY_P95_TARGET_S = 0.7
+STREAMS_TARGET = 12
 
 CORPUS = REPO.parent / "shared" / "corpus"
 
@@ -213,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
         print("| measure | value | target |")
         print("|---|---|---|")
         from_speech = single.speech_end_latencies()
-        print(f"| final latency from end of speech (last voiced 20 ms -> final), p50 | {single.percentile(0.5, from_speech):.2f} s | <= 0.5 s |")
-        print(f"| final latency from end of speech, p95 | {single.percentile(0.95, from_speech):.2f} s | <= 1.0 s |")
+        print(f"| final latency from end of speech (last voiced 20 ms -> final), p50 | {single.percentile(0.5, from_speech):.2f} s | <= {LATENCY_P50_TARGET_S:g} s |")
+        print(f"| final latency from end of speech, p95 | {single.percentile(0.95, from_speech):.2f} s | <= {LATENCY_P95_TARGET_S:g} s |")
         print(f"| of which inference: end-of-utterance update -> final, p50 | {single.percentile(0.5):.2f} s | |")
         print(f"| end-of-utterance update -> final, p95 | {single.percentile(0.95):.2f} s | |")
         print(f"| WER streaming finals ({words} words) | {100 * streaming_wer:.1f} % | |")
@@ -237,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             if not keeps_up:
                 break
             best = count
-        print(f"\nLargest number of real-time streams kept up (no audio lost, p95 <= {args.latency_bound:g} s): {best} (target >= 4)")
+        print(f"\nLargest number of real-time streams kept up (no audio lost, p95 <= {args.latency_bound:g} s): {best} (target >= {STREAMS_TARGET})")
     engines.stop()
     return 0
 

@@ -58,8 +58,9 @@ class EngineConfig(Section):
         DEFAULT_ENCODER_WINDOW,
         "How much audio Whisper's encoder reads for a live utterance or partial. full: always a 30-s "
         "window, as Whisper was trained. adaptive: the shortest of 10, 15, 20 or 30 s that holds the "
-        "utterance plus 2 s, which cuts the encoder's work for short utterances (docs/benchmarks.md, "
-        "'Encoder windows'). Engines built before this setting existed take full windows only.",
+        "utterance plus 2 s, which cuts the encoder's work for short utterances; a final decoded after "
+        "the previous utterance's audio (its context) still reads 30 s (docs/benchmarks.md, 'Encoder "
+        "windows'). Engines built before this setting existed take full windows only.",
     )
     threads: int = setting(
         0,
