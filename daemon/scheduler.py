@@ -488,9 +488,10 @@ def _decode_groups(batch: list[DecodeRequest]) -> list[list[DecodeRequest]]:
     """Each final alone, then the partials together.
 
     A final's text must be a function of its own audio (issue 15), but a batch's results are
-    not independent of its other items: the int8 graphs quantize activations with one scale
-    per tensor, computed over the whole batch (tiny.en int8 on 32 corpus windows: 4 changed
-    words between batch 1 and batch 4; float32: none). Partials are only previews, so they
+    not independent of its other items: the int8 decoder quantizes activations with one scale
+    per tensor, computed over the whole batch, so batching moves its rounding and can change
+    words (the float32 graphs: none). The int8 encoder's scales are per frame, so a window's
+    cross K/V is its own either way. Partials are only previews, so they
     keep the throughput of batching.
     """
     finals = [[request] for request in batch if request.final]

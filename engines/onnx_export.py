@@ -49,6 +49,7 @@ MASK_VALUE = -1e9
 NEVER = 1 << 30
 # Symbolic dimensions of the window: mel frames (up to 2 * n_audio_ctx, even) and the encoder
 # positions they become, which the decoder's cross-attention reads.
+MEL = "mel"  # the encoder's input
 FRAMES = "frames"
 AUDIO_CTX = "audio_ctx"
 EMBEDDING = "decoder.token_embedding.weight"
@@ -178,7 +179,7 @@ def build_encoder(weights: WhisperWeights) -> onnx.ModelProto:
     d, n_head = dims.n_audio_state, dims.n_audio_head
     d_head = d // n_head
 
-    conv1 = g.op("Conv", ["mel", g.weight("encoder.conv1.weight", weights["encoder.conv1.weight"]),
+    conv1 = g.op("Conv", [MEL, g.weight("encoder.conv1.weight", weights["encoder.conv1.weight"]),
                           g.weight("encoder.conv1.bias", weights["encoder.conv1.bias"])],
                  kernel_shape=[3], pads=[1, 1])
     x = g.gelu(conv1)
@@ -232,7 +233,7 @@ def build_encoder(weights: WhisperWeights) -> onnx.ModelProto:
     cross_shape = [dims.n_text_layer, *cross_layer_shape(dims, "batch", AUDIO_CTX)]
     graph = helper.make_graph(
         g.nodes, "whisper_encoder",
-        inputs=[helper.make_tensor_value_info("mel", TensorProto.FLOAT, ["batch", dims.n_mels, FRAMES])],
+        inputs=[helper.make_tensor_value_info(MEL, TensorProto.FLOAT, ["batch", dims.n_mels, FRAMES])],
         outputs=[helper.make_tensor_value_info("cross_k", TensorProto.FLOAT, cross_shape),
                  helper.make_tensor_value_info("cross_v", TensorProto.FLOAT, cross_shape)],
         initializer=g.initializers,
@@ -387,8 +388,72 @@ def quantize_int8(model: onnx.ModelProto, path: Path) -> None:
         finally:
             logging.disable(logging.NOTSET)
     quantized = onnx.load(str(path))
-    if _share_int8_embedding(quantized):
+    if quantized.graph.input[0].name == MEL:
+        _scale_per_row(quantized)
         save(quantized, path)
+    elif _share_int8_embedding(quantized):
+        save(quantized, path)
+
+
+def _scale_per_row(model: onnx.ModelProto) -> None:
+    """Quantise each row (audio frame) of every encoder MatMul input with its own scale.
+
+    ``quantize_dynamic`` rounds an activation with one scale for the whole tensor, taken from
+    its largest value. In the encoder that couples every frame to every other: the padding of a
+    30-s window, another window of the same batch, or a shorter window of the same audio all
+    move the rounding of the speech's frames, and so the text. One scale per frame makes each
+    frame's rounding its own (a window's K/V is the same alone or batched) and finer, which is
+    what brings int8 text within the gates of adaptive windows (docs/benchmarks.md). The
+    decoder keeps per-tensor scales: its rows are few and per-row steps measured slower.
+
+    Rewrites DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(x_scale * w_scale) into
+    row scale = max|x| / 127 over the last axis; q = round(x / row scale) + 128 (symmetric
+    uint8); MatMulIntegerToFloat(q, w, 1, w_scale, 128, w_zero_point) * row scale.
+    """
+    graph = model.graph
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array(1.0, np.float32), "row_quant.unit_scale"),
+        numpy_helper.from_array(np.array(128, np.uint8), "row_quant.zero_point"),
+        numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, np.float32), "row_quant.tiny"),
+        numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), "row_quant.per_step"),
+    ])
+    rewritten, dropped = [], set()
+    for node in graph.node:
+        if node.op_type != "DynamicQuantizeLinear":
+            rewritten.append(node)
+            continue
+        x, (quantized, x_scale, _x_zero_point) = node.input[0], node.output
+        stem = f"{x}.row"
+        rewritten += [
+            helper.make_node("Abs", [x], [f"{stem}_abs"]),
+            helper.make_node("ReduceMax", [f"{stem}_abs"], [f"{stem}_max"], axes=[-1], keepdims=1),
+            helper.make_node("Max", [f"{stem}_max", "row_quant.tiny"], [f"{stem}_nonzero"]),
+            helper.make_node("Mul", [f"{stem}_nonzero", "row_quant.per_step"], [f"{stem}_scale"]),
+            helper.make_node("Div", [x, f"{stem}_scale"], [f"{stem}_steps"]),
+            helper.make_node("QuantizeLinear", [f"{stem}_steps", "row_quant.unit_scale", "row_quant.zero_point"],
+                             [quantized]),
+        ]
+        for matmul in consumers[quantized]:
+            (cast,) = consumers[matmul.output[0]]
+            (rescale,) = consumers[cast.output[0]]
+            scales = next(n for n in consumers[x_scale] if n.output[0] in rescale.input)
+            weight_scale = next(name for name in scales.input if name != x_scale)
+            _, weight, _, weight_zero_point = matmul.input
+            product = f"{matmul.output[0]}_float"
+            rewritten_matmul = helper.make_node(
+                "MatMulIntegerToFloat",
+                [quantized, weight, "row_quant.unit_scale", weight_scale, "row_quant.zero_point", weight_zero_point],
+                [product], domain="com.microsoft")
+            dropped.update(id(n) for n in (matmul, cast, rescale, scales))
+            rewritten += [rewritten_matmul, helper.make_node("Mul", [product, f"{stem}_scale"], [rescale.output[0]])]
+    kept = [node for node in rewritten if id(node) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 
 def _share_int8_embedding(model: onnx.ModelProto) -> bool:

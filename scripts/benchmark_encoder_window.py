@@ -42,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--language", default="en", help="corpus language (a directory of ../shared/corpus)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--float32", action="store_true",
-                        help="the package's float32 graphs even when it has int8 ones: the int8 graphs "
-                             "quantise activations with one scale per tensor, so their rounding also "
-                             "moves with the window's length")
+                        help="the package's float32 graphs even when it has int8 ones, to tell the "
+                             "window's effect from int8 rounding")
     args = parser.parse_args(argv)
 
     package = ModelPackage.load(args.model)

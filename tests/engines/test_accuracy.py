@@ -8,8 +8,10 @@ normalisers). Run with ``-s`` to see the per-file tables quoted in docs/benchmar
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from edgescribe.engines.audio import SAMPLE_RATE, load_audio
+from edgescribe.engines.encoder_window import ENCODER_WINDOWS
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe
 from tests.fixtures.faster_whisper_reference import load_reference, reference_transcribe
 from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401  (fixtures)
@@ -72,12 +74,13 @@ def _quiet_inputs(corpus):
     return {name: np.asarray(samples, np.float32) for name, samples in inputs.items()}
 
 
-def test_silence_and_noise_produce_no_text(tiny_en_model, corpus):
+@pytest.mark.parametrize("window", ENCODER_WINDOWS)
+def test_silence_and_noise_produce_no_text(tiny_en_model, corpus, window):
     inputs = _quiet_inputs(corpus)
     assert len(inputs) == 5 + 7
     texts = {}
     print(f"\n{'input':40} text")
     for name, samples in inputs.items():
-        texts[name] = transcribe(tiny_en_model, samples).text
+        texts[name] = transcribe(tiny_en_model, samples, TranscribeOptions(encoder_window=window)).text
         print(f"{name:40} {texts[name]!r}")
     assert texts == {name: "" for name in inputs}

@@ -12,8 +12,8 @@ from edgescribe.engines.backend import load_model
 from edgescribe.engines.decoding import DecodingOptions, decode
 from edgescribe.engines.encoder_window import MARGIN_FRAMES, WINDOW_FRAMES, window_frames
 from edgescribe.engines.transcribe import TranscribeOptions, transcribe
-from tests.fixtures.models import tiny_en_package  # noqa: F401 (fixture)
-from tests.fixtures.scoring import read_transcripts, wer
+from tests.fixtures.models import base_package, tiny_en_package  # noqa: F401 (fixtures)
+from tests.fixtures.scoring import corpus_counts, read_transcripts, wer
 
 SHORT = "arctic_axb_a0004.wav"  # "Lord, but I'm glad to see you again, Phil." (2.8 s)
 
@@ -69,6 +69,23 @@ def test_adaptive_windows_read_corpus_speech_as_well_as_full_ones(tiny, corpus):
             texts[mode] = decode(tiny, window[None], DecodingOptions(without_timestamps=True))[0].text
         words = len(references[name].split())
         assert wer(references[name], texts["adaptive"]) <= wer(references[name], texts["full"]) + 1 / words, (name, texts)
+
+
+def test_int8_windows_keep_base_chinese_within_the_gate(base_package, corpus):  # noqa: F811
+    """Issue 15's zh gate on the int8 graphs that ship: CER with adaptive windows within half a
+    point of full windows. With one quantisation scale per tensor the window's length moved the
+    rounding of every frame and adaptive windows read the corpus 1.3 points worse."""
+    base = load_model(base_package.dir, backend="onnxruntime", threads=2)
+    assert base.runner.precision == "int8"
+    references = read_transcripts(corpus / "zh" / "transcripts.tsv")
+    audio = {name: load_audio(corpus / "zh" / f"{name}.wav") for name in references}
+    rates = {}
+    for mode in ("adaptive", "full"):
+        options = TranscribeOptions(language="zh", encoder_window=mode)
+        pairs = ((references[name], transcribe(base, samples, options).text) for name, samples in audio.items())
+        rates[mode] = corpus_counts(pairs, "zh", "char").rate
+    assert rates["full"] < 0.4  # the model reads the corpus at all
+    assert rates["adaptive"] <= rates["full"] + 0.005, rates
 
 
 class WindowLog:

@@ -267,6 +267,21 @@ def test_int8_graphs_agree_with_float(tiny_en_package, corpus):
     assert agree / total >= 0.9, f"int8 agreed on {agree}/{total} tokens"
 
 
+def test_int8_encoder_rounds_each_window_of_a_batch_on_its_own(tiny_en_package, corpus):
+    """Per-frame scales: a window's cross K/V does not depend on what else is in the batch.
+
+    With one scale per tensor the louder window set the rounding of both (they differed by
+    up to ~0.8), so a final's text could depend on which other streams were being encoded."""
+    encoder = Greedy(tiny_en_package, int8=True)
+    quiet, loud = (_mel(corpus / "en" / clip)[..., :1000] for clip in ("arctic_aew_a0001.wav", "jfk_inaugural_1961.wav"))
+    alone = encoder.encode(quiet)
+    batched = encoder.encode(np.concatenate([quiet, loud]))
+    for single, batch in zip(alone, batched):
+        np.testing.assert_array_equal(single[:, 0], batch[:, 0])
+    float_k = Greedy(tiny_en_package).encode(quiet)[0]
+    assert np.abs(alone[0] - float_k).max() < 0.1 * np.abs(float_k).max()
+
+
 def test_manifest_records_the_decoder_layout_and_older_layouts_are_refused(tmp_path):
     """The manifest names the one decoder layout; a package of an earlier layout (cross K/V not
     split into heads, stacked inputs, or from before the field existed) fails to load with one
