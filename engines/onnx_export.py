@@ -372,7 +372,8 @@ def quantize_int8(model: onnx.ModelProto, path: Path) -> None:
     """Dynamic int8 quantisation of every MatMul weight (symmetric, per output channel), for
     ONNX Runtime, written to ``path``.
 
-    Activations stay float32 and are quantised per call, so no calibration data is needed.
+    Activations stay float32 and are quantised per call, so no calibration data is needed: the
+    encoder's per frame (``_scale_per_row``), the decoder's per tensor.
     Convolutions and attention (activation x activation) stay float32: ORT's integer versions
     of those measured slower here than the float kernels.
     """
@@ -390,9 +391,9 @@ def quantize_int8(model: onnx.ModelProto, path: Path) -> None:
     quantized = onnx.load(str(path))
     if quantized.graph.input[0].name == MEL:
         _scale_per_row(quantized)
-        save(quantized, path)
-    elif _share_int8_embedding(quantized):
-        save(quantized, path)
+    elif not _share_int8_embedding(quantized):
+        return
+    save(quantized, path)
 
 
 def _scale_per_row(model: onnx.ModelProto) -> None:

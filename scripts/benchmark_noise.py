@@ -174,7 +174,8 @@ def run_one_mix(model, engines, spoken: SpokenStream, noise_name: str, noise: np
     vad_options = VadOptions()
     vad = RecordingVad(create_vad(vad_options))
     segmenter = Segmenter("mic", segmenter_options(args), vad, update_interval_s=None, thresholds=vad_options)
-    transcriber = StreamTranscriber("mic", TranscriptionConfig(partials=False), scheduler, engines, emit=events)
+    config = TranscriptionConfig(partials=False, speculative_final=not args.no_speculation)
+    transcriber = StreamTranscriber("mic", config, scheduler, engines, emit=events)
     recorder = RecordingTranscriber(transcriber)
     try:
         run_synchronously(wav, recorder, scheduler, segmenter, timeout_s=600)
@@ -266,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="end utterances after min_silence_s whatever the floor (the rule before floor-aware silence)")
     parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=DEFAULT_ENCODER_WINDOW,
                         help="encoder window for live utterances and offline single windows (engines/encoder_window.py)")
+    parser.add_argument("--no-speculation", action="store_true",
+                        help="transcription.speculative_final off: finals wait out the whole silence")
     args = parser.parse_args(argv)
 
     model = load_model(args.model, backend="onnxruntime", threads=args.threads)

@@ -1,7 +1,7 @@
 """Accuracy against faster-whisper with the same weights, on the real speech corpus.
 
 Both systems run float32, greedy (beam_size=1), Whisper's temperature fallback, previous-text
-conditioning on, no VAD; both are scored by tests/fixtures/scoring.py (jiwer after Whisper's
+conditioning on, no VAD, 30-s encoder windows (faster-whisper has no other); both are scored by tests/fixtures/scoring.py (jiwer after Whisper's
 normalisers). Run with ``-s`` to see the per-file tables quoted in docs/benchmarks.md.
 """
 
@@ -29,7 +29,7 @@ def _compare(model, reference_model, directory, language, unit):
     print(f"\n{'file':34} {unit[0].upper()}ER ours  faster-whisper  same text")
     for key, reference in sorted(references.items()):
         path = directory / f"{key}.wav"
-        ours = transcribe(model, path, TranscribeOptions(language=given)).text
+        ours = transcribe(model, path, TranscribeOptions(language=given, encoder_window="full")).text
         theirs = reference_transcribe(reference_model, path, language=given).text
         ours_counts = count(reference, ours, language)
         theirs_counts = count(reference, theirs, language)

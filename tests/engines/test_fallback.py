@@ -17,7 +17,7 @@ def _steps(ladder: FallbackLadder, short: bool = False) -> list[tuple]:
 
 
 def test_full_windows_climb_the_temperatures_as_whisper_does():
-    ladder = FallbackLadder(WHISPER)
+    ladder = FallbackLadder(WHISPER, encoder_window="full")
     expected = [("full", 0.0, 1, "first")] + [("full", t, 1, "hotter") for t in WHISPER[1:]]
     assert _steps(ladder) == expected
     assert _steps(ladder, short=True) == expected  # a full window is never short
@@ -36,23 +36,23 @@ def test_beam_search_runs_at_temperature_zero_only():
     ladder = FallbackLadder(WHISPER, beam_size=3, encoder_window="adaptive")
     steps = _steps(ladder, short=True)
     assert steps[:3] == [("adaptive", 0.0, 3, "first"), ("full", 0.0, 3, "full_window"), ("full", 0.2, 1, "hotter")]
-    assert _steps(FallbackLadder((0.2, 0.6), beam_size=3))[0] == ("full", 0.2, 1, "first")
+    assert _steps(FallbackLadder((0.2, 0.6), beam_size=3, encoder_window="full"))[0] == ("full", 0.2, 1, "first")
 
 
 def test_the_beam_rescue_comes_last_and_only_where_allowed_and_wider_than_configured():
-    rescued = FallbackLadder(WHISPER, doubt_silence=True, beam_rescue=True)
+    rescued = FallbackLadder(WHISPER, encoder_window="full", doubt_silence=True, beam_rescue=True)
     assert _steps(rescued)[-1] == ("full", 0.0, RESCUE_BEAM_SIZE, "beam")
     assert len(rescued.attempts()) == len(WHISPER) + 1
     assert rescued.next_after(rescued.attempts()[-1]) is None  # one rescue, then the gates pick
-    assert _steps(FallbackLadder(WHISPER))[-1][3] == "hotter"  # not allowed
-    wide = FallbackLadder(WHISPER, beam_size=RESCUE_BEAM_SIZE, doubt_silence=True, beam_rescue=True)
+    assert _steps(FallbackLadder(WHISPER, encoder_window="full"))[-1][3] == "hotter"  # not allowed
+    wide = FallbackLadder(WHISPER, RESCUE_BEAM_SIZE, encoder_window="full", doubt_silence=True, beam_rescue=True)
     assert _steps(wide)[-1][3] == "hotter"  # the first decode was already that beam search
     # a ladder that does not start at 0: the rescue still decodes at temperature 0
-    assert _steps(FallbackLadder((0.2, 0.4), beam_rescue=True))[-1] == ("full", 0.0, RESCUE_BEAM_SIZE, "beam")
+    assert _steps(FallbackLadder((0.2, 0.4), encoder_window="full", beam_rescue=True))[-1] == ("full", 0.0, RESCUE_BEAM_SIZE, "beam")
 
 
 def test_next_after_skips_repeated_temperatures():
-    ladder = FallbackLadder((0.0, 0.0, 0.4))
+    ladder = FallbackLadder((0.0, 0.0, 0.4), encoder_window="full")
     assert ladder.next_after(Attempt("full", 0.0, 1)) == Attempt("full", 0.4, 1, "hotter")
 
 
