@@ -174,7 +174,7 @@ def run_one_mix(model, engines, spoken: SpokenStream, noise_name: str, noise: np
     vad_options = VadOptions()
     vad = RecordingVad(create_vad(vad_options))
     segmenter = Segmenter("mic", segmenter_options(args), vad, update_interval_s=None, thresholds=vad_options)
-    config = TranscriptionConfig(partials=False, speculative_final=not args.no_speculation)
+    config = TranscriptionConfig(partials=False, speculative_final=not args.no_speculative_final)
     transcriber = StreamTranscriber("mic", config, scheduler, engines, emit=events)
     recorder = RecordingTranscriber(transcriber)
     try:
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="end utterances after min_silence_s whatever the floor (the rule before floor-aware silence)")
     parser.add_argument("--encoder-window", choices=ENCODER_WINDOWS, default=DEFAULT_ENCODER_WINDOW,
                         help="encoder window for live utterances and offline single windows (engines/encoder_window.py)")
-    parser.add_argument("--no-speculation", action="store_true",
+    parser.add_argument("--no-speculative-final", action="store_true",
                         help="transcription.speculative_final off: finals wait out the whole silence")
     args = parser.parse_args(argv)
 

@@ -72,7 +72,7 @@ def _dtw_reference(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def window(tiny_en_model, corpus):
     """A real window: its encoder output, decoded text tokens and the aligner's scores over them."""
     model = tiny_en_model
-    result = transcribe(model, corpus / "en" / RECORDING, TranscribeOptions(without_timestamps=True))
+    result = transcribe(model, corpus / "en" / RECORDING, TranscribeOptions(without_timestamps=True, encoder_window="full"))
     text_tokens = [t for t in result.segments[0].tokens if t < model.tokenizer.special.eot]
     samples = load_audio(corpus / "en" / RECORDING)
     mel = model.log_mel(samples)
@@ -150,8 +150,9 @@ def test_words_split_at_spaces_and_punctuation_merges(tiny_en_model, window):
 
 def test_word_times_are_ordered_inside_segments_and_close_to_faster_whisper(tiny_en_model, corpus):
     path = corpus / "en" / "lj_LJ001-0005.wav"
-    result = transcribe(tiny_en_model, path, TranscribeOptions(word_timestamps=True))
-    plain = transcribe(tiny_en_model, path)
+    # full windows, as faster-whisper reads them
+    result = transcribe(tiny_en_model, path, TranscribeOptions(word_timestamps=True, encoder_window="full"))
+    plain = transcribe(tiny_en_model, path, TranscribeOptions(encoder_window="full"))
     assert [s.text for s in result.segments] == [s.text for s in plain.segments]  # the same segments
     # ... whose times follow their words, so the second starts where "as" does, before its timestamp token
     assert result.segments[1].start < plain.segments[1].start
@@ -184,7 +185,8 @@ def _run(argv: list[str]) -> int:
 
 def test_command_json_srt_and_vtt_carry_words(tiny_en_package, corpus, capsys):
     path = str(corpus / "en" / RECORDING)
-    base = ["--model", str(tiny_en_package.dir), "--threads", "2", "--word-timestamps"]
+    # the full window reads "I'm", one word of several tokens (a short one reads "I am")
+    base = ["--model", str(tiny_en_package.dir), "--threads", "2", "--word-timestamps", "--encoder-window", "full"]
     assert _run([*base, "--format", "json", path]) == 0
     segment = json.loads(capsys.readouterr().out)["segments"][0]
     assert [w["word"] for w in segment["words"]][:3] == ["Lord,", "but", "I'm"]
