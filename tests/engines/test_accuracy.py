@@ -1,8 +1,9 @@
 """Accuracy against faster-whisper with the same weights, on the real speech corpus.
 
 Both systems run float32, greedy (beam_size=1), Whisper's temperature fallback, previous-text
-conditioning on, no VAD, 30-s encoder windows (faster-whisper has no other); both are scored by tests/fixtures/scoring.py (jiwer after Whisper's
-normalisers). Run with ``-s`` to see the per-file tables quoted in docs/benchmarks.md.
+conditioning on, no VAD, 30-s encoder windows (faster-whisper has no other); both are scored by
+tests/fixtures/scoring.py (jiwer after Whisper's normalisers). Run with ``-s`` to see the
+per-file tables quoted in docs/benchmarks.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Encoder windows sized to the audio (engines/encoder_window.py) on the real tiny.en graphs."""
+"""Encoder windows sized to the audio (engines/encoder_window.py) on the real tiny.en and base graphs."""
 
 from __future__ import annotations
 
