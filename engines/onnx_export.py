@@ -422,8 +422,12 @@ def _scale_per_row(model: onnx.ModelProto) -> None:
         numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, np.float32), "row_quant.tiny"),
         numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), "row_quant.per_step"),
     ])
-    rewritten, dropped = [], set()
+    # Each replaced node follows its DynamicQuantizeLinear (the graph is in topological order),
+    # so it is known to be replaced by the time the loop reaches it.
+    rewritten, replaced = [], set()
     for node in graph.node:
+        if id(node) in replaced:
+            continue
         if node.op_type != "DynamicQuantizeLinear":
             rewritten.append(node)
             continue
@@ -449,11 +453,10 @@ def _scale_per_row(model: onnx.ModelProto) -> None:
                 "MatMulIntegerToFloat",
                 [quantized, weight, "row_quant.unit_scale", weight_scale, "row_quant.zero_point", weight_zero_point],
                 [product], domain="com.microsoft")
-            dropped.update(id(n) for n in (matmul, cast, rescale, scales))
+            replaced.update(id(n) for n in (matmul, cast, rescale, scales))
             rewritten += [rewritten_matmul, helper.make_node("Mul", [product, f"{stem}_scale"], [rescale.output[0]])]
-    kept = [node for node in rewritten if id(node) not in dropped]
     del graph.node[:]
-    graph.node.extend(kept)
+    graph.node.extend(rewritten)
     model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
 
 

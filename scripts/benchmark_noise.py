@@ -174,8 +174,7 @@ def run_one_mix(model, engines, spoken: SpokenStream, noise_name: str, noise: np
     vad_options = VadOptions()
     vad = RecordingVad(create_vad(vad_options))
     segmenter = Segmenter("mic", segmenter_options(args), vad, update_interval_s=None, thresholds=vad_options)
-    config = TranscriptionConfig(partials=False, speculative_final=not args.no_speculative_final)
-    transcriber = StreamTranscriber("mic", config, scheduler, engines, emit=events)
+    transcriber = StreamTranscriber("mic", transcription_config(args, partials=False), scheduler, engines, emit=events)
     recorder = RecordingTranscriber(transcriber)
     try:
         run_synchronously(wav, recorder, scheduler, segmenter, timeout_s=600)
@@ -209,6 +208,10 @@ def segmenter_options(args) -> SegmenterOptions:
     return SegmenterOptions(noisy_min_silence_s=default.min_silence_s) if args.fixed_silence else default
 
 
+def transcription_config(args, partials: bool) -> TranscriptionConfig:
+    return TranscriptionConfig(partials=partials, speculative_final=not args.no_speculative_final)
+
+
 def latency_run(engines, spoken: SpokenStream, mixed: np.ndarray, args, workdir: Path) -> list[float]:
     """Final latency from the end of speech at real-time pace, partials on, as the daemon runs.
 
@@ -219,7 +222,7 @@ def latency_run(engines, spoken: SpokenStream, mixed: np.ndarray, args, workdir:
     scheduler.start()
     wav = write_wav(workdir / "latency.wav", mixed)
     pipeline = StreamPipeline.build(StreamConfig(name="mic", file=str(wav), speed=1.0), CaptureOptions(), VadOptions(),
-                                    segmenter_options(args), TranscriptionConfig(), scheduler, engines, events)
+                                    segmenter_options(args), transcription_config(args, partials=True), scheduler, engines, events)
     try:
         pipeline.start()
         pipeline.join(len(mixed) / SAMPLE_RATE + 120)
@@ -240,7 +243,7 @@ def noise_alone(engines, noise: np.ndarray, minutes: float, args, workdir: Path,
     vad_options = VadOptions()
     segmenter = Segmenter("mic", segmenter_options(args), create_vad(vad_options), update_interval_s=None,
                           thresholds=vad_options)
-    transcriber = StreamTranscriber("mic", TranscriptionConfig(partials=False), scheduler, engines, emit=events)
+    transcriber = StreamTranscriber("mic", transcription_config(args, partials=False), scheduler, engines, emit=events)
     try:
         run_synchronously(wav, transcriber, scheduler, segmenter, timeout_s=600)
     finally:

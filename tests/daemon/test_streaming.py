@@ -331,9 +331,10 @@ def test_hotwords_and_initial_prompt_steer_spelling(corpus, tiny_en_model, sched
     assert "Gutenberg" in hot and "Gutenberg" in prompted
 
 
-def _looping_at(temperatures_that_loop, seen):
-    """A real decode whose result is replaced by a repetition loop at the given temperatures.
-    Its tests read full windows: a short window's first retry is the full window, not hotter."""
+def _scheduler_looping_at(temperatures_that_loop, seen) -> InferenceScheduler:
+    """A scheduler whose real decodes are replaced by a repetition loop at the given
+    temperatures. It reads full windows: a short window's first retry is the full window, not
+    a hotter temperature, and its tests follow the temperatures."""
 
     def decode_with_loops(model, mel, options):
         results = decode(model, mel, options)
@@ -346,12 +347,12 @@ def _looping_at(temperatures_that_loop, seen):
             out.append(result)
         return out
 
-    return decode_with_loops
+    return InferenceScheduler(decode=decode_with_loops, encoder_window="full")
 
 
 def test_a_repetition_loop_is_decoded_again_hotter_and_kept_once_it_reads_well(corpus, tiny_en_model):
     seen = []
-    scheduler = InferenceScheduler(decode=_looping_at({0.0}, seen), encoder_window="full")
+    scheduler = _scheduler_looping_at({0.0}, seen)
     scheduler.start()
     try:
         audio = load_audio_file(corpus, "ls_1089-134691-0000")
@@ -366,7 +367,7 @@ def test_a_repetition_loop_is_decoded_again_hotter_and_kept_once_it_reads_well(c
 def test_a_result_that_loops_at_every_temperature_is_dropped(corpus, tiny_en_model):
     seen = []
     config = TranscriptionConfig(partials=False)
-    scheduler = InferenceScheduler(decode=_looping_at(set(config.temperatures), seen), encoder_window="full")
+    scheduler = _scheduler_looping_at(set(config.temperatures), seen)
     scheduler.start()
     try:
         audio = load_audio_file(corpus, "ls_1089-134691-0000")
@@ -701,7 +702,7 @@ def test_a_speculation_already_decoded_is_ignored_when_speech_resumes(corpus, ti
 
 def test_a_reused_speculation_still_goes_through_the_temperature_fallback(corpus, tiny_en_model):
     seen = []
-    scheduler = InferenceScheduler(decode=_looping_at({0.0}, seen), encoder_window="full")
+    scheduler = _scheduler_looping_at({0.0}, seen)
     scheduler.start()
     try:
         pause, ended = _pause_then_end(load_audio_file(corpus, "ls_1089-134691-0000"))
