@@ -11,8 +11,6 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
-from threadpoolctl import threadpool_limits
-
 from edgescribe.engines.errors import BackendUnavailableError, ModelPackageError
 from edgescribe.engines.host_aligner import HostAligner
 from edgescribe.engines.model import WhisperModel
@@ -43,16 +41,9 @@ def load_model(
     engine_dir: str | Path | None = None,
     threads: int = 0,
 ) -> WhisperModel:
-    """Open a model package and the runner that executes it (see :func:`create_runner`).
-
-    From then on numpy's BLAS runs on one thread in this process. The runner's threads own the
-    cores, and OpenBLAS's own threads spin for about 0.1 s after every call: after each log-mel
-    (its one matrix product, no faster on two threads) they took the cores from the encode
-    that follows it, which then ran about twice as long (docs/benchmarks.md, "Speed").
-    """
+    """Open a model package and the runner that executes it (see :func:`create_runner`)."""
     package = ModelPackage.load(package_dir)
     runner = create_runner(package, backend=backend, engine_dir=engine_dir, threads=threads)
-    threadpool_limits(limits=1, user_api="blas")
     model = WhisperModel.from_package(package, runner)
     log.info("loaded model %s from %s on %s", model.name, package.dir, runner.name)
     return model

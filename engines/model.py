@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from edgescribe.engines.audio import log_mel, pad_or_trim
 from edgescribe.engines.encoder_window import EncoderWindow, window_frames
@@ -26,6 +27,14 @@ class WhisperModel:
     runner: Runner
     mel_filters: np.ndarray  # float32 [n_mels, 201]
     name: str  # the weights' source name ("tiny.en", "base", or a directory)
+
+    def __post_init__(self) -> None:
+        # numpy's BLAS runs on one thread in a process with a model: the runner's threads own
+        # the cores, and OpenBLAS's own threads spin for about 0.1 s after every call. After
+        # each log-mel (its one matrix product, no faster on two threads) they took the cores
+        # from the encode that follows it, which then ran about twice as long
+        # (docs/benchmarks.md, "Speed").
+        threadpool_limits(limits=1, user_api="blas")
 
     @property
     def dims(self) -> ModelDims:

@@ -8,11 +8,9 @@ import sys
 
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_limits
 
 from edgescribe.daemon import cli
-from edgescribe.engines.audio import load_audio
-from edgescribe.engines.backend import create_runner, load_model
+from edgescribe.engines.backend import create_runner
 from edgescribe.engines.errors import BackendUnavailableError
 from edgescribe.engines.onnx_runner import OnnxRunner
 from edgescribe.engines.tensorrt import seam, validation
@@ -20,10 +18,8 @@ from edgescribe.engines.tensorrt.build import build_engines
 from edgescribe.engines.tensorrt.builder import BuildOptions
 from edgescribe.engines.tensorrt.platform import read_l4t_release
 from edgescribe.engines.tensorrt.runner import TensorRTRunner
-from tests.fixtures.daemon import JFK
 from tests.fixtures.fake_tensorrt import FakeTensorRT
 from tests.fixtures.model_package import onnx_sessions, tiny_package  # noqa: F401 (fixtures)
-from tests.fixtures.spinning import cpu_while_asleep
 
 # First lines of /etc/nv_tegra_release as JetPack 6.2 and 6.1 write them.
 JETPACK_62 = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 01:49:37 UTC 2025\n"
@@ -118,18 +114,6 @@ def test_onnxruntime_requested_is_logged_as_configured(tiny_package, caplog):  #
     caplog.set_level(logging.INFO, logger="edgescribe.engines.backend")
     assert isinstance(create_runner(tiny_package, "onnxruntime", threads=1), OnnxRunner)
     assert backend_lines(caplog)[-1] == "backend: onnxruntime (configured)"
-
-
-def test_a_loaded_model_leaves_no_blas_threads_spinning_after_a_log_mel(tiny_package):  # noqa: F811
-    """OpenBLAS's threads spin for about 0.1 s after each call, and after a log-mel they took
-    the cores from the encode that follows (engines/backend.load_model). Without the limit,
-    2 BLAS threads burned about 0.1 s of CPU in the 0.2 s after each log-mel here."""
-    threadpool_limits(limits=2, user_api="blas")  # numpy's own start on two cores, whatever ran before
-    model = load_model(tiny_package.dir, backend="onnxruntime", threads=2)
-    samples = load_audio(JFK)
-    for _ in range(3):
-        model.log_mel(samples)
-        assert cpu_while_asleep() < 0.01
 
 
 def _build_for_fake_orin(package, onnx_sessions, engine_dir):
